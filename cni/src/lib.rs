@@ -1,1 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The pod-pacemaker CNI plugin as a library, and the socket protocol it shares with the agent.
+//!
+//! The binary in `main.rs` is a thin shell over [`plugin::run`]; the agent links this crate only
+//! for [`protocol`].
 
+pub mod protocol;
