@@ -4,4 +4,9 @@
 //! The binary in `main.rs` is a thin shell over [`plugin::run`]; the agent links this crate only
 //! for [`protocol`].
 
+pub mod client;
+pub mod cni;
+pub mod error;
+pub mod logger;
+pub mod plugin;
 pub mod protocol;

@@ -451,7 +451,9 @@ mod tests {
     }
 
     fn decode_line<T>(encoded: &str, decode: fn(&str) -> Result<T, DecodeError>) -> T {
-        let line = encoded.strip_suffix('\n').expect("encoded lines end in \\n");
+        let line = encoded
+            .strip_suffix('\n')
+            .expect("encoded lines end in \\n");
         decode(line).expect("round trip")
     }
 
@@ -532,7 +534,10 @@ mod tests {
             ("WAIT namespace= name=b", "empty value"),
             ("WAIT namespace=a name=b;rm", "not allowed"),
             ("WAIT namespace=a name=b timeout_ms=+5", "not a number"),
-            ("WAIT namespace=a name=b timeout_ms=99999999999999999999999", "not a number"),
+            (
+                "WAIT namespace=a name=b timeout_ms=99999999999999999999999",
+                "not a number",
+            ),
             ("WAIT Namespace=a name=b", "bad field key"),
         ];
         for (line, want) in cases {
