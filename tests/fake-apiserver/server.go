@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// HTTP front end: authentication, fault injection, discovery, and the
+// routing of /api/v1 paths to the resource handlers in handlers.go.
+
+package main
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxBodyBytes is the request size limit of the real server (3 MiB).
+const maxBodyBytes = 3 << 20
+
+type server struct {
+	dir              string
+	addr             string
+	store            *store
+	bookmarkInterval time.Duration
+	logRequests      bool
+
+	tokenMu sync.Mutex
+	token   string // the last non-empty content of DIR/token
+
+	failMu    sync.Mutex
+	failCode  int
+	failCount int
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &recorder{ResponseWriter: w}
+	if s.logRequests {
+		defer func() {
+			status := strconv.Itoa(rec.statusOr200())
+			p := recover()
+			if p != nil {
+				status = "aborted"
+			}
+			log.Printf("%s %s -> %s", r.Method, r.URL.RequestURI(), status)
+			if p != nil {
+				panic(p)
+			}
+		}()
+	}
+	s.serve(rec, r)
+}
+
+func (s *server) serve(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+
+	// Health checks answer without a token, like the real server's.
+	switch path {
+	case "/healthz", "/livez", "/readyz":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok")
+		return
+	}
+
+	if !s.authorized(r) {
+		writeError(w, &apiError{code: http.StatusUnauthorized, reason: "Unauthorized", message: "Unauthorized"})
+		return
+	}
+
+	if strings.HasPrefix(path, "/fake/") {
+		s.control(w, r)
+		return
+	}
+
+	if e := s.takeFailure(); e != nil {
+		writeError(w, e)
+		return
+	}
+
+	switch {
+	case path == "/version" || path == "/api" || path == "/apis" || path == "/api/v1":
+		if r.Method != http.MethodGet {
+			writeError(w, errorf(http.StatusMethodNotAllowed, "%s is not supported on %s", r.Method, path))
+			return
+		}
+		writeJSON(w, http.StatusOK, s.discovery(path))
+	case strings.HasPrefix(path, "/api/v1/"):
+		s.serveResource(w, r, strings.TrimPrefix(path, "/api/v1/"))
+	default:
+		writeError(w, errorf(http.StatusNotFound, "the server could not find the requested resource"))
+	}
+}
+
+// authorized checks the bearer token against DIR/token, read afresh on every
+// request so that tests can rotate it. A missing or empty file keeps the last
+// token seen.
+func (s *server) authorized(r *http.Request) bool {
+	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	want := s.currentToken()
+	got = strings.TrimSpace(got)
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+func (s *server) currentToken() string {
+	data, err := os.ReadFile(filepath.Join(s.dir, "token"))
+	s.tokenMu.Lock()
+	defer s.tokenMu.Unlock()
+	if err == nil {
+		if t := strings.TrimSpace(string(data)); t != "" {
+			s.token = t
+		}
+	}
+	return s.token
+}
+
+// takeFailure consumes one injected failure, if any are pending.
+func (s *server) takeFailure() *apiError {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	if s.failCount <= 0 {
+		return nil
+	}
+	s.failCount--
+	e := errorf(s.failCode, "injected failure %d (fake-apiserver /fake/fail)", s.failCode)
+	if s.failCode == http.StatusTooManyRequests || s.failCode == http.StatusServiceUnavailable {
+		e.retryAfter = 1
+	}
+	return e
+}
+
+// control serves the /fake/ endpoints that tests use to inject faults.
+func (s *server) control(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if r.URL.Path == "/fake/state" {
+		if r.Method != http.MethodGet {
+			writeError(w, errorf(http.StatusMethodNotAllowed, "use GET for /fake/state"))
+			return
+		}
+		st := s.store.state()
+		s.failMu.Lock()
+		st["fail"] = map[string]any{"code": s.failCode, "count": s.failCount}
+		s.failMu.Unlock()
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	if r.Method != http.MethodPost {
+		writeError(w, errorf(http.StatusMethodNotAllowed, "use POST for %s", r.URL.Path))
+		return
+	}
+	switch r.URL.Path {
+	case "/fake/compact":
+		rv := s.store.compact()
+		writeJSON(w, http.StatusOK, map[string]any{"compactedAt": strconv.FormatInt(rv, 10)})
+	case "/fake/drop-watches":
+		writeJSON(w, http.StatusOK, map[string]any{"dropped": s.store.closeWatches(true)})
+	case "/fake/stall-watches":
+		secs, err := strconv.ParseFloat(q.Get("seconds"), 64)
+		if err != nil || secs <= 0 || secs > 3600 {
+			writeError(w, errorf(http.StatusBadRequest, "seconds must be a number in (0, 3600], got %q", q.Get("seconds")))
+			return
+		}
+		n := s.store.stallWatches(time.Duration(secs * float64(time.Second)))
+		writeJSON(w, http.StatusOK, map[string]any{"stalled": n, "seconds": secs})
+	case "/fake/fail":
+		code, err := strconv.Atoi(q.Get("code"))
+		if err != nil || code < 400 || code > 599 {
+			writeError(w, errorf(http.StatusBadRequest, "code must be an HTTP error code (400-599), got %q", q.Get("code")))
+			return
+		}
+		count := 1
+		if v := q.Get("count"); v != "" {
+			if count, err = strconv.Atoi(v); err != nil || count < 0 {
+				writeError(w, errorf(http.StatusBadRequest, "count must be a non-negative integer, got %q", v))
+				return
+			}
+		}
+		s.failMu.Lock()
+		s.failCode, s.failCount = code, count
+		s.failMu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{"code": code, "count": count})
+	default:
+		writeError(w, errorf(http.StatusNotFound, "no control endpoint %s", r.URL.Path))
+	}
+}
+
+func (s *server) discovery(path string) any {
+	switch path {
+	case "/version":
+		return map[string]any{
+			"major": "1", "minor": "32", "gitVersion": "v1.32.0",
+			"gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+			"buildDate": "2024-12-11T00:00:00Z", "goVersion": runtime.Version(), "compiler": "gc",
+			"platform": runtime.GOOS + "/" + runtime.GOARCH,
+		}
+	case "/api":
+		return map[string]any{
+			"kind": "APIVersions", "versions": []string{"v1"},
+			"serverAddressByClientCIDRs": []any{map[string]any{"clientCIDR": "0.0.0.0/0", "serverAddress": s.addr}},
+		}
+	case "/apis":
+		return map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": []any{}}
+	default:
+		return map[string]any{
+			"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+			"resources": discoveryResources(),
+		}
+	}
+}
+
+// target is what an /api/v1 path names.
+type target struct {
+	res       *resource
+	ns        string // "" for cluster-scoped kinds and for all namespaces
+	name      string // "" for a collection
+	sub       string // "" or a subresource
+	watchPath bool   // the deprecated /api/v1/watch/... form
+}
+
+func parseTarget(rest string) (target, *apiError) {
+	notFound := errorf(http.StatusNotFound, "the server could not find the requested resource")
+	var t target
+	segs := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	if segs[0] == "watch" {
+		t.watchPath, segs = true, segs[1:]
+	}
+	if len(segs) >= 3 && segs[0] == "namespaces" {
+		t.ns = segs[1]
+		if t.res = lookupResource(segs[2]); t.res == nil || !t.res.namespaced || t.ns == "" {
+			return t, notFound
+		}
+		segs = segs[3:]
+	} else {
+		if len(segs) == 0 {
+			return t, notFound
+		}
+		if t.res = lookupResource(segs[0]); t.res == nil || (t.res.namespaced && len(segs) > 1) {
+			return t, notFound
+		}
+		segs = segs[1:]
+	}
+	switch len(segs) {
+	case 0:
+	case 1:
+		t.name = segs[0]
+	case 2:
+		t.name, t.sub = segs[0], segs[1]
+		if !t.res.hasSubresource(t.sub) || t.watchPath {
+			return t, notFound
+		}
+	default:
+		return t, notFound
+	}
+	if t.name == "" && len(segs) > 0 {
+		return t, notFound
+	}
+	return t, nil
+}
+
+func (s *server) serveResource(w http.ResponseWriter, r *http.Request, rest string) {
+	t, err := parseTarget(rest)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	q := r.URL.Query()
+	watch := t.watchPath || isTrue(q.Get("watch"))
+	if watch && r.Method != http.MethodGet {
+		writeError(w, errorf(http.StatusMethodNotAllowed, "watch needs GET"))
+		return
+	}
+	switch {
+	case t.name == "" && r.Method == http.MethodGet && watch:
+		s.serveWatch(w, r, t)
+	case t.name == "" && r.Method == http.MethodGet:
+		s.serveList(w, r, t)
+	case t.name == "" && r.Method == http.MethodPost:
+		s.serveCreate(w, r, t)
+	case t.name != "" && r.Method == http.MethodGet && watch && t.sub == "":
+		s.serveWatch(w, r, t)
+	case t.name != "" && r.Method == http.MethodGet:
+		s.serveGet(w, t)
+	case t.name != "" && r.Method == http.MethodPut:
+		s.serveUpdate(w, r, t)
+	case t.name != "" && r.Method == http.MethodPatch:
+		s.servePatch(w, r, t)
+	case t.name != "" && r.Method == http.MethodDelete && t.sub == "":
+		s.serveDelete(w, r, t)
+	default:
+		writeError(w, errorf(http.StatusMethodNotAllowed, "%s is not supported on %s", r.Method, r.URL.Path))
+	}
+}
+
+func isTrue(v string) bool { return v == "true" || v == "1" }
+
+// readBody reads the request body up to the size limit.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", maxBodyBytes)
+		}
+		return nil, errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	return data, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		code = http.StatusInternalServerError
+		data, _ = json.Marshal(errorf(code, "encoding the response: %v", err).status())
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(data, '\n'))
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
+	}
+	writeJSON(w, e.code, e.status())
+}
+
+// recorder remembers the status code for the request log.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer's Flush.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) statusOr200() int {
+	if r.status == 0 {
+		return http.StatusOK
+	}
+	return r.status
+}
+
+// abortStream breaks the connection under a response in progress: net/http
+// recovers this panic silently and closes the connection (HTTP/1.1) or
+// resets the stream (HTTP/2) without ending the body cleanly.
+func abortStream() {
+	panic(http.ErrAbortHandler)
+}
