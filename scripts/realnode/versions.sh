@@ -4,7 +4,7 @@
 #
 # Kubernetes 1.34 is the newest line whose kubelet still starts on a cgroup v1 host without
 # failCgroupV1: false; this machine's hierarchy is cgroup v1.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 REALNODE_K8S_VERSION="v1.34.4"
 # The etcd that Kubernetes v1.34.4's own go.mod requires.
 REALNODE_ETCD_VERSION="v3.6.4"
