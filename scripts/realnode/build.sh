@@ -4,7 +4,7 @@
 # exists is skipped, a Debian package already installed is not asked for again.
 #
 #   etcd                     go.etcd.io/etcd/server/v3 at REALNODE_ETCD_VERSION
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
 #                            k8s.io/kubernetes at REALNODE_K8S_VERSION (tests/realnode/build/kubernetes)
 #   crictl                   sigs.k8s.io/cri-tools at REALNODE_CRICTL_VERSION
 #   containerd, runc, /usr/lib/cni/*   Debian
@@ -22,14 +22,14 @@ repo_root="$(cd "${here}/../.." && pwd)"
 source "${here}/versions.sh"
 
 cache="${REALNODE_CACHE:-/var/cache/pod-pacemaker/realnode}"
-k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 all_components=(etcd "${k8s_components[@]}" crictl)
 
 version_of() {
   case "$1" in
     etcd) echo "${REALNODE_ETCD_VERSION}" ;;
     crictl) echo "${REALNODE_CRICTL_VERSION}" ;;
-    kube-*|kubelet) echo "${REALNODE_K8S_VERSION}" ;;
+    kube-*|kubelet|kubectl) echo "${REALNODE_K8S_VERSION}" ;;
     *) echo "realnode-build: unknown component: $1" >&2; return 1 ;;
   esac
 }

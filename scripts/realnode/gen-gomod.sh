@@ -36,7 +36,7 @@ mapfile -t staging < <(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\
   echo "require k8s.io/kubernetes ${REALNODE_K8S_VERSION}"
   echo
   echo "tool ("
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
     echo "	k8s.io/kubernetes/cmd/${cmd}"
   done
   echo ")"

@@ -8,7 +8,8 @@
 //	-port         / PORT           if set, serve GET /healthz (200 once ready, 503 before)
 //	-workers      / WORKERS        goroutines burning CPU in parallel (default 1)
 //
-// A readiness probe checks either `cat /tmp/ready` (exec) or httpGet /healthz on the port.
+// The image has no shell and no cat: an exec readiness probe runs `/workload -check`, which exits 0
+// when the ready file exists and 1 otherwise. An httpGet probe on /healthz works when -port is set.
 package main
 
 import (
@@ -57,7 +58,16 @@ func main() {
 	readyFile := flag.String("ready-file", envOr("READY_FILE", "/tmp/ready"), "file created when ready")
 	port := flag.Int("port", envInt("PORT", 0), "serve /healthz on this port (0 = no server)")
 	workers := flag.Int("workers", envInt("WORKERS", 1), "goroutines burning CPU")
+	check := flag.Bool("check", false, "probe mode: exit 0 if the ready file exists, 1 if not")
 	flag.Parse()
+
+	if *check {
+		if _, err := os.Stat(*readyFile); err != nil {
+			fmt.Fprintf(os.Stderr, "not ready: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 
 	var ready atomic.Bool
 	if *port > 0 {
