@@ -1,1 +1,226 @@
-fn main() {}
+// SPDX-License-Identifier: Apache-2.0
+//! pod-pacemaker-agent: the node agent that paces pod sandbox starts.
+//!
+//! `main` parses the command line, sets up logging, and wires the threads; it holds no pacing
+//! state itself. The threads are:
+//!
+//! - `agent-watch`: lists and watches this node's pods (`kube`), sends changes to the scheduler;
+//! - `agent-sched`: owns all pacing state (`scheduler`), the only thread that changes it;
+//! - `agent-sock`: accepts connections on the Unix socket (`server`);
+//! - `agent-conn`: one per connection, relays one request to the scheduler and its replies back;
+//! - `agent-signal`: turns SIGTERM/SIGINT into an orderly stop.
+//!
+//! The socket is created only after the first pod list has been applied, so its existence means
+//! "ready". On a signal the agent stops accepting, removes the socket, tells waiters
+//! `shutting-down` and exits 0. Errors are printed with `Display`; a bad command line exits 2, a
+//! start-up failure 1. Log levels: error = a requested action failed, warn = something abnormal was
+//! handled, info = an infrequent state change an operator cares about (started, synced, grant,
+//! release), debug/trace = diagnostics.
+
+mod config;
+mod error;
+mod kube;
+mod pod;
+mod scheduler;
+mod server;
+
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info, LevelFilter};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use config::{Command, Config};
+use error::AgentError;
+use kube::KubeClient;
+use scheduler::{SchedMsg, Scheduler};
+use server::{Server, SocketFile};
+
+/// What the main thread waits for.
+#[derive(Debug)]
+enum MainEvent {
+    /// The first pod list is applied: serve the socket.
+    Ready,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// How long to let connections write their last reply on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The socket this process created, for the panic hook to remove.
+static SOCKET: OnceLock<SocketFile> = OnceLock::new();
+
+fn main() -> ExitCode {
+    let config = match config::parse(std::env::args_os().skip(1), &|key| std::env::var(key).ok()) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("pod-pacemaker-agent: {err}");
+            eprintln!("run pod-pacemaker-agent --help for the options");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = init_logging(config.log_level) {
+        eprintln!("pod-pacemaker-agent: setting up logging: {err}");
+        return ExitCode::FAILURE;
+    }
+    install_panic_hook();
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), AgentError> {
+    info!(
+        "starting pod-pacemaker-agent {} node={} max_concurrent={} lease={}s api_server={}",
+        env!("CARGO_PKG_VERSION"),
+        config.node_name,
+        config.max_concurrent,
+        config.lease.as_secs(),
+        config.api_server
+    );
+
+    // 1. The API client; a bad CA file is a start-up error.
+    let client = KubeClient::new(config).map_err(AgentError::BuildKubeClient)?;
+
+    // 2. Signals, before anything can block.
+    let (main_tx, main_rx) = mpsc::channel::<MainEvent>();
+    spawn_signal_thread(main_tx.clone())?;
+
+    // 3. The scheduler, then the watch that feeds it.
+    let (sched_tx, sched_rx) = mpsc::channel::<SchedMsg>();
+    let scheduler = Scheduler::new(config.max_concurrent, config.lease);
+    let ready_tx = main_tx;
+    let sched_thread = spawn("agent-sched", move || {
+        scheduler::run(scheduler, &sched_rx, || {
+            let _ = ready_tx.send(MainEvent::Ready);
+        });
+    })?;
+    let watch_tx = sched_tx.clone();
+    spawn("agent-watch", move || {
+        kube::run(&client, &mut |event| {
+            watch_tx.send(SchedMsg::Kube(event)).is_ok()
+        });
+    })?;
+
+    // 4. Wait for the first pod list; a signal before it ends the run.
+    info!("waiting for the first pod list before serving");
+    match main_rx.recv() {
+        Ok(MainEvent::Ready) => {}
+        Ok(MainEvent::Stop) | Err(_) => {
+            info!("stopping before ready");
+            return Ok(());
+        }
+    }
+
+    // 5. Serve the socket.
+    let (listener, socket) = server::bind(&config.socket)?;
+    let _ = SOCKET.set(socket.clone());
+    let guard = RemoveOnDrop(socket);
+    let server = Server::new();
+    {
+        let server = Arc::clone(&server);
+        let sched_tx = sched_tx.clone();
+        spawn("agent-sock", move || {
+            server.accept_loop(&listener, &sched_tx)
+        })?;
+    }
+    info!("ready: serving {}", config.socket.display());
+
+    // 6. Run until a signal.
+    wait_for_stop(&main_rx);
+    info!("stopping");
+
+    // 7. Stop accepting, remove the socket, tell the waiters, let connections finish writing.
+    server.stop(guard.0.path());
+    drop(guard);
+    let _ = sched_tx.send(SchedMsg::Shutdown);
+    let _ = sched_thread.join();
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while server.active() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Removes the socket file when dropped, on every return path of `run`.
+struct RemoveOnDrop(SocketFile);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+fn wait_for_stop(events: &Receiver<MainEvent>) {
+    loop {
+        match events.recv() {
+            Ok(MainEvent::Stop) | Err(_) => return,
+            Ok(MainEvent::Ready) => {}
+        }
+    }
+}
+
+fn spawn_signal_thread(events: Sender<MainEvent>) -> Result<(), AgentError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(AgentError::InstallSignalHandler)?;
+    spawn("agent-signal", move || {
+        if let Some(signal) = signals.forever().next() {
+            info!("received signal {signal}");
+            let _ = events.send(MainEvent::Stop);
+        }
+    })?;
+    Ok(())
+}
+
+fn spawn<F>(name: &'static str, body: F) -> Result<JoinHandle<()>, AgentError>
+where
+    F: FnOnce() + Send + 'static,
+{
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map_err(|source| AgentError::SpawnThread { name, source })
+}
+
+/// Logs to stderr with UTC timestamps and thread names. The HTTP and TLS crates log every
+/// request at debug; they are held at warn unless the level is trace.
+fn init_logging(level: LevelFilter) -> Result<(), log::SetLoggerError> {
+    let library_level = if level == LevelFilter::Trace {
+        LevelFilter::Trace
+    } else {
+        level.min(LevelFilter::Warn)
+    };
+    simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("ureq", library_level)
+        .with_module_level("ureq_proto", library_level)
+        .with_module_level("rustls", library_level)
+        .with_utc_timestamps()
+        .with_threads(true)
+        .init()
+}
+
+/// A panic is a bug: log it, remove the socket so that nothing waits on a dead agent, and abort so
+/// that the kubelet restarts the container (release builds abort on panic anyway).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        error!("panic: {info}");
+        if let Some(socket) = SOCKET.get() {
+            socket.remove();
+        }
+        std::process::abort();
+    }));
+}

@@ -1,0 +1,472 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The command line, parsed once into a validated [`Config`].
+//!
+//! The parser is hand-written (no clap): a dozen flags do not earn a dependency. Flags take their
+//! value as the next argument or after `=`. Defaults come from the in-cluster conventions
+//! (`NODE_NAME` from the downward API, `KUBERNETES_SERVICE_HOST`/`_PORT`, the service-account
+//! mount). Every error names the flag; `main` prints it and exits with status 2. The environment is
+//! passed in as a function so tests do not touch the process environment.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// The validated configuration of one agent run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub socket: PathBuf,
+    pub max_concurrent: u32,
+    /// `https://host:port` without a trailing `/`.
+    pub api_server: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub lease: Duration,
+    pub log_level: LevelFilter,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Config),
+    Help,
+}
+
+/// Why the command line was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    BadValue {
+        flag: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    DuplicateFlag(&'static str),
+    MissingApiServer,
+    MissingNodeName,
+    MissingValue(&'static str),
+    NotUtf8(String),
+    UnexpectedArgument(String),
+    UnknownFlag(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::BadValue {
+                flag,
+                value,
+                problem,
+            } => write!(f, "{flag} {value:?}: {problem}"),
+            ConfigError::DuplicateFlag(flag) => write!(f, "{flag} given twice"),
+            ConfigError::MissingApiServer => f.write_str(
+                "--api-server not given and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT not set",
+            ),
+            ConfigError::MissingNodeName => {
+                f.write_str("--node-name not given and NODE_NAME not set")
+            }
+            ConfigError::MissingValue(flag) => write!(f, "{flag} needs a value"),
+            ConfigError::NotUtf8(arg) => write!(f, "argument {arg:?} is not UTF-8"),
+            ConfigError::UnexpectedArgument(arg) => write!(f, "unexpected argument {arg:?}"),
+            ConfigError::UnknownFlag(flag) => write!(f, "unknown flag {flag:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The `--help` text.
+pub const USAGE: &str = "\
+usage: pod-pacemaker-agent [options]
+
+Paces pod sandbox starts on this node: the pod-pacemaker CNI plugin asks for a start slot on
+every pod ADD and blocks until the agent grants one.
+
+options:
+  --node-name NAME     node whose pods are paced (default: $NODE_NAME; required)
+  --socket PATH        where to serve the plugin protocol
+                       (default: /var/run/pod-pacemaker/pod-pacemaker.sock)
+  --max-concurrent N   pods that may be started but not Ready at once, >= 1 (default: 2)
+  --api-server URL     API server (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
+  --token-file PATH    bearer token, re-read for every request
+                       (default: /var/run/secrets/kubernetes.io/serviceaccount/token)
+  --ca-file PATH       the only CA trusted for the API server
+                       (default: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+  --lease-seconds N    release a slot at the latest this long after the grant (default: 300)
+  --log-level LEVEL    error, warn, info, debug or trace (default: info)
+  --help               print this text
+";
+
+const DEFAULT_SOCKET: &str = "/var/run/pod-pacemaker/pod-pacemaker.sock";
+const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+const DEFAULT_MAX_CONCURRENT: u32 = 2;
+const DEFAULT_LEASE_SECONDS: u64 = 300;
+/// Upper bounds that catch typos (an extra zero or two) rather than encode a policy.
+const MAX_MAX_CONCURRENT: u32 = 10_000;
+const MAX_LEASE_SECONDS: u64 = 86_400;
+/// A node name is a DNS subdomain (RFC 1123): at most 253 characters.
+const MAX_NODE_NAME: usize = 253;
+
+/// Parses the arguments after the program name. `env` looks up an environment variable.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    // 1. `--help` anywhere wins over everything else.
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Command::Help);
+    }
+
+    // 2. Turn the raw arguments into (flag, value) pairs.
+    let mut raw = RawArgs::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| ConfigError::NotUtf8(a.to_string_lossy().into_owned()))?;
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value)),
+            _ => (arg.clone(), None),
+        };
+        if !name.starts_with("--") {
+            return Err(ConfigError::UnexpectedArgument(arg));
+        }
+        let slot = raw.slot(&name)?;
+        let value = match inline {
+            Some(value) => value.to_owned(),
+            None => {
+                let next = args.next().ok_or(ConfigError::MissingValue(slot.0))?;
+                next.into_string()
+                    .map_err(|a| ConfigError::NotUtf8(a.to_string_lossy().into_owned()))?
+            }
+        };
+        if slot.1.replace(value).is_some() {
+            return Err(ConfigError::DuplicateFlag(slot.0));
+        }
+    }
+
+    // 3. Validate each value and fill in the defaults.
+    let node_name = match raw.node_name.take() {
+        Some(name) => check_node_name("--node-name", name)?,
+        None => match env("NODE_NAME").filter(|n| !n.is_empty()) {
+            Some(name) => check_node_name("NODE_NAME", name)?,
+            None => return Err(ConfigError::MissingNodeName),
+        },
+    };
+    let api_server = match raw.api_server.take() {
+        Some(url) => check_api_server(url)?,
+        None => api_server_from_env(env)?,
+    };
+    Ok(Command::Run(Config {
+        node_name,
+        socket: path_or("--socket", raw.socket.take(), DEFAULT_SOCKET)?,
+        max_concurrent: number_or(
+            "--max-concurrent",
+            raw.max_concurrent.take(),
+            DEFAULT_MAX_CONCURRENT,
+            MAX_MAX_CONCURRENT,
+        )?,
+        api_server,
+        token_file: path_or("--token-file", raw.token_file.take(), DEFAULT_TOKEN_FILE)?,
+        ca_file: path_or("--ca-file", raw.ca_file.take(), DEFAULT_CA_FILE)?,
+        lease: Duration::from_secs(number_or(
+            "--lease-seconds",
+            raw.lease_seconds.take(),
+            DEFAULT_LEASE_SECONDS,
+            MAX_LEASE_SECONDS,
+        )?),
+        log_level: match raw.log_level.take() {
+            Some(level) => parse_level(level)?,
+            None => LevelFilter::Info,
+        },
+    }))
+}
+
+/// The flag values as given, before validation.
+#[derive(Default)]
+struct RawArgs {
+    node_name: Option<String>,
+    socket: Option<String>,
+    max_concurrent: Option<String>,
+    api_server: Option<String>,
+    token_file: Option<String>,
+    ca_file: Option<String>,
+    lease_seconds: Option<String>,
+    log_level: Option<String>,
+}
+
+impl RawArgs {
+    /// The flag's canonical name and where its value goes.
+    fn slot(&mut self, name: &str) -> Result<(&'static str, &mut Option<String>), ConfigError> {
+        Ok(match name {
+            "--node-name" => ("--node-name", &mut self.node_name),
+            "--socket" => ("--socket", &mut self.socket),
+            "--max-concurrent" => ("--max-concurrent", &mut self.max_concurrent),
+            "--api-server" => ("--api-server", &mut self.api_server),
+            "--token-file" => ("--token-file", &mut self.token_file),
+            "--ca-file" => ("--ca-file", &mut self.ca_file),
+            "--lease-seconds" => ("--lease-seconds", &mut self.lease_seconds),
+            "--log-level" => ("--log-level", &mut self.log_level),
+            other => return Err(ConfigError::UnknownFlag(other.to_owned())),
+        })
+    }
+}
+
+fn check_node_name(flag: &'static str, name: String) -> Result<String, ConfigError> {
+    let problem = if name.is_empty() || name.len() > MAX_NODE_NAME {
+        Some("must be 1 to 253 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        Some("must be a DNS subdomain: lowercase letters, digits, '-' and '.'")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::BadValue {
+            flag,
+            value: name,
+            problem,
+        }),
+        None => Ok(name),
+    }
+}
+
+fn check_api_server(url: String) -> Result<String, ConfigError> {
+    let bad = |problem| ConfigError::BadValue {
+        flag: "--api-server",
+        value: url.clone(),
+        problem,
+    };
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(bad("must start with https://"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("has no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must not contain spaces or control characters"));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, with an IPv6 host in brackets.
+fn api_server_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty());
+    let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty());
+    let (Some(host), Some(port)) = (host, port) else {
+        return Err(ConfigError::MissingApiServer);
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    check_api_server(format!("https://{host}:{port}"))
+}
+
+fn path_or(
+    flag: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<PathBuf, ConfigError> {
+    match value {
+        None => Ok(PathBuf::from(default)),
+        Some(value) if value.is_empty() => Err(ConfigError::BadValue {
+            flag,
+            value,
+            problem: "must not be empty",
+        }),
+        Some(value) => Ok(PathBuf::from(value)),
+    }
+}
+
+fn number_or<N>(
+    flag: &'static str,
+    value: Option<String>,
+    default: N,
+    max: N,
+) -> Result<N, ConfigError>
+where
+    N: std::str::FromStr + PartialOrd + From<u8>,
+{
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    // `FromStr` accepts a leading '+'; a flag value should be plain digits.
+    let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<N>().ok()
+    } else {
+        None
+    };
+    match parsed {
+        Some(n) if n >= N::from(1) && n <= max => Ok(n),
+        _ => Err(ConfigError::BadValue {
+            flag,
+            value,
+            problem: "must be a whole number from 1 up (see --help for the maximum)",
+        }),
+    }
+}
+
+fn parse_level(value: String) -> Result<LevelFilter, ConfigError> {
+    let level = match value.as_str() {
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => {
+            return Err(ConfigError::BadValue {
+                flag: "--log-level",
+                value,
+                problem: "must be error, warn, info, debug or trace",
+            })
+        }
+    };
+    Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn run(
+        args: &[&str],
+        vars: &'static [(&'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
+        let env = env_with(vars);
+        match parse(args.iter().map(OsString::from), &env)? {
+            Command::Run(config) => Ok(config),
+            Command::Help => panic!("unexpected help"),
+        }
+    }
+
+    const CLUSTER: &[(&str, &str)] = &[
+        ("NODE_NAME", "node-1"),
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+
+    #[test]
+    fn defaults_come_from_the_cluster_environment() {
+        let config = run(&[], CLUSTER).expect("parses");
+        assert_eq!(
+            config,
+            Config {
+                node_name: "node-1".to_owned(),
+                socket: PathBuf::from(DEFAULT_SOCKET),
+                max_concurrent: 2,
+                api_server: "https://10.96.0.1:443".to_owned(),
+                token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
+                ca_file: PathBuf::from(DEFAULT_CA_FILE),
+                lease: Duration::from_secs(300),
+                log_level: LevelFilter::Info,
+            }
+        );
+    }
+
+    #[test]
+    fn flags_override_defaults_in_both_spellings() {
+        let config = run(
+            &[
+                "--node-name",
+                "n1",
+                "--socket=/tmp/s.sock",
+                "--max-concurrent",
+                "5",
+                "--api-server",
+                "https://127.0.0.1:6443/",
+                "--token-file",
+                "/tmp/token",
+                "--ca-file=/tmp/ca.crt",
+                "--lease-seconds",
+                "60",
+                "--log-level",
+                "debug",
+            ],
+            &[],
+        )
+        .expect("parses");
+        assert_eq!(config.node_name, "n1");
+        assert_eq!(config.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(config.max_concurrent, 5);
+        assert_eq!(config.api_server, "https://127.0.0.1:6443");
+        assert_eq!(config.token_file, PathBuf::from("/tmp/token"));
+        assert_eq!(config.ca_file, PathBuf::from("/tmp/ca.crt"));
+        assert_eq!(config.lease, Duration::from_secs(60));
+        assert_eq!(config.log_level, LevelFilter::Debug);
+    }
+
+    #[test]
+    fn ipv6_service_host_is_bracketed() {
+        let config = run(
+            &["--node-name", "n1"],
+            &[
+                ("KUBERNETES_SERVICE_HOST", "fd00::1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+            ],
+        )
+        .expect("parses");
+        assert_eq!(config.api_server, "https://[fd00::1]:443");
+    }
+
+    #[test]
+    fn help_wins() {
+        let env = env_with(&[]);
+        let args = ["--bogus", "--help"].map(OsString::from);
+        assert_eq!(parse(args, &env), Ok(Command::Help));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--max-concurrent", "0"], "--max-concurrent"),
+            (&["--max-concurrent", "+3"], "--max-concurrent"),
+            (&["--max-concurrent", "two"], "--max-concurrent"),
+            (&["--lease-seconds", "-1"], "--lease-seconds"),
+            (&["--lease-seconds"], "--lease-seconds needs a value"),
+            (&["--log-level", "loud"], "--log-level"),
+            (&["--api-server", "http://x"], "--api-server"),
+            (&["--api-server", "https://"], "--api-server"),
+            (&["--node-name", "Node_1"], "--node-name"),
+            (&["--socket", ""], "--socket"),
+            (&["--frobnicate", "1"], "--frobnicate"),
+            (&["--socket", "/a", "--socket", "/b"], "given twice"),
+            (&["stray"], "unexpected argument"),
+        ];
+        for (args, want) in cases {
+            let err = run(args, CLUSTER).expect_err(&format!("{args:?}"));
+            assert!(err.to_string().contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn node_name_and_api_server_are_required() {
+        let no_node = &[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        assert_eq!(run(&[], no_node), Err(ConfigError::MissingNodeName));
+        assert_eq!(
+            run(&[], &[("NODE_NAME", "n1")]),
+            Err(ConfigError::MissingApiServer)
+        );
+    }
+}

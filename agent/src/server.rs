@@ -1,0 +1,606 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The Unix socket: creating it safely, accepting connections, serving one request each.
+//!
+//! [`bind`] makes the socket appear only when it is ready and never with a looser mode: it binds
+//! under a temporary name in the same directory, sets mode 0600, then renames it to the final path.
+//! `main` calls it after the first pod list, so "the socket path exists" means "ready to serve".
+//! [`SocketFile`] removes the path again on every exit, but only while the path is still the
+//! socket this process made (a newer agent may have replaced it).
+//!
+//! The `agent-sock` thread accepts; each connection gets an `agent-conn` thread, up to
+//! [`MAX_CONNECTIONS`] at once. A connection reads the version line and one request under a read
+//! timeout, answers `PING` itself, and hands a `WAIT` to the scheduler, writing each reply it sends
+//! back. While it waits it checks every [`CLOSE_POLL`] whether the client has closed, and tells
+//! the scheduler ([`SchedMsg::Gone`]) when the client left or a reply could not be written. Every
+//! line is built and parsed by `pod_pacemaker::protocol`.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use log::{debug, warn};
+use pod_pacemaker::protocol::{self, Reply, Request, WaitRequest};
+
+use crate::error::{error_reply, AgentError};
+use crate::scheduler::{ConnId, SchedMsg};
+
+/// The most connections served at once; a WAIT holds its connection until granted.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client has to send its version line and request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reply write may block on a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting connection checks whether its client has closed.
+const CLOSE_POLL: Duration = Duration::from_millis(200);
+/// Pause after a failed accept (out of file descriptors), so the loop does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The socket file this process created, identified by device, inode and change time (an inode
+/// number can be reused at once for the socket of a newer agent).
+#[derive(Clone, Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64, i64, i64),
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket file if the path still names the socket this process made.
+    pub fn remove(&self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if identity(&meta) == self.identity => {
+                if let Err(err) = fs::remove_file(&self.path) {
+                    warn!("removing socket {}: {err}", self.path.display());
+                }
+            }
+            Ok(_) => debug!(
+                "socket {} was replaced by another process; leaving it",
+                self.path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Creates the listening socket at `path` with mode 0600 (see the module docs).
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), AgentError> {
+    // 1. The parent directory, mode 0700 when the agent creates it.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| AgentError::CreateSocketDir {
+            path: dir.clone(),
+            source,
+        })?;
+
+    // 2. A stale socket from an earlier run, and a leftover temporary one.
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pod-pacemaker.sock".to_owned());
+    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    remove_stale_socket(path)?;
+    remove_stale_socket(&temp)?;
+
+    // 3. Bind under the temporary name, restrict it, then move it into place.
+    let listener = UnixListener::bind(&temp).map_err(|source| AgentError::BindSocket {
+        path: temp.clone(),
+        source,
+    })?;
+    let placed = fs::set_permissions(&temp, Permissions::from_mode(0o600))
+        .map_err(|source| AgentError::SetSocketMode {
+            path: temp.clone(),
+            source,
+        })
+        .and_then(|()| {
+            fs::rename(&temp, path).map_err(|source| AgentError::RenameSocket {
+                from: temp.clone(),
+                to: path.to_owned(),
+                source,
+            })
+        });
+    if let Err(err) = placed {
+        let _ = fs::remove_file(&temp);
+        return Err(err);
+    }
+    let meta = fs::symlink_metadata(path).map_err(|source| AgentError::BindSocket {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            identity: identity(&meta),
+        },
+    ))
+}
+
+fn identity(meta: &fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+/// Removes a socket left at `path`; refuses to remove anything that is not a socket.
+fn remove_stale_socket(path: &Path) -> Result<(), AgentError> {
+    match fs::symlink_metadata(path) {
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::RemoveStaleSocket {
+            path: path.to_owned(),
+            source,
+        }),
+        Ok(meta) if meta.file_type().is_socket() => {
+            debug!("removing stale socket {}", path.display());
+            fs::remove_file(path).map_err(|source| AgentError::RemoveStaleSocket {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Ok(_) => Err(AgentError::NotASocket {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// The accepting side of the server, shared by the `agent-sock` thread and `main`.
+#[derive(Debug)]
+pub struct Server {
+    stopping: AtomicBool,
+    active: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+impl Server {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// Stops the accept loop: sets the flag, then connects once to unblock `accept`.
+    pub fn stop(&self, path: &Path) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(path);
+    }
+
+    /// How many connections are being served.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// The accept loop; the body of the `agent-sock` thread.
+    pub fn accept_loop(self: &Arc<Self>, listener: &UnixListener, scheduler: &Sender<SchedMsg>) {
+        let mut over_cap_logged = false;
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(err) => {
+                    warn!("accepting a connection failed: {err}");
+                    thread::sleep(ACCEPT_PAUSE);
+                    continue;
+                }
+            };
+
+            // Over the cap: one ERROR and close. Logged once per overload, not per connection.
+            if self.active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                if !over_cap_logged {
+                    warn!("{MAX_CONNECTIONS} connections open, refusing new ones");
+                    over_cap_logged = true;
+                }
+                let err = AgentError::TooManyConnections {
+                    limit: MAX_CONNECTIONS,
+                };
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = write_reply(&stream, &error_reply(&err));
+                continue;
+            }
+            over_cap_logged = false;
+
+            let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
+            let guard = ActiveGuard::new(Arc::clone(self));
+            let scheduler = scheduler.clone();
+            let spawned = thread::Builder::new()
+                .name("agent-conn".to_owned())
+                .spawn(move || {
+                    let _guard = guard;
+                    serve_connection(&stream, conn, &scheduler);
+                });
+            if let Err(err) = spawned {
+                warn!("starting a connection thread failed: {err}");
+            }
+        }
+        debug!("accept loop stopped");
+    }
+}
+
+/// Counts a connection as active until dropped.
+struct ActiveGuard(Arc<Server>);
+
+impl ActiveGuard {
+    fn new(server: Arc<Server>) -> Self {
+        server.active.fetch_add(1, Ordering::SeqCst);
+        Self(server)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves the one request of a connection.
+fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedMsg>) {
+    // 1. Read the version line and the request.
+    let timeouts = stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
+    if let Err(err) = timeouts {
+        debug!("conn={conn}: setting socket timeouts failed: {err}");
+        return;
+    }
+    let request = match read_request(stream) {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(err) => {
+            debug!("conn={conn}: {err}");
+            let _ = write_reply(stream, &error_reply(&err));
+            return;
+        }
+    };
+
+    // 2. Answer with the version line, then the request's replies.
+    if write_version(stream).is_err() {
+        return;
+    }
+    match request {
+        Request::Ping => {
+            let _ = write_reply(stream, &Reply::Pong);
+        }
+        Request::Wait(wait) => serve_wait(stream, conn, wait, scheduler),
+    }
+}
+
+/// Reads the version line and one request. `Ok(None)` when the client closed before sending a
+/// complete request.
+fn read_request(stream: &UnixStream) -> Result<Option<Request>, AgentError> {
+    let mut reader = BufReader::new(stream);
+    let Some(version) = protocol::read_line(&mut reader).map_err(AgentError::BadRequest)? else {
+        return Ok(None);
+    };
+    if !protocol::check_version(&version) {
+        return Err(AgentError::UnsupportedVersion(version));
+    }
+    let Some(line) = protocol::read_line(&mut reader).map_err(AgentError::BadRequest)? else {
+        return Ok(None);
+    };
+    Request::decode(&line)
+        .map(Some)
+        .map_err(AgentError::BadRequest)
+}
+
+/// Hands a WAIT to the scheduler and relays its replies until a final one.
+fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
+    let (replies, from_scheduler) = mpsc::channel();
+    let sent = scheduler.send(SchedMsg::Wait {
+        conn,
+        request: wait,
+        replies,
+    });
+    if sent.is_err() {
+        let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
+        return;
+    }
+    loop {
+        match from_scheduler.recv_timeout(CLOSE_POLL) {
+            Ok(reply) => {
+                let reply = reply.unwrap_or_else(|err| error_reply(&err));
+                if let Err(err) = write_reply(stream, &reply) {
+                    debug!("conn={conn}: writing a reply failed: {err}");
+                    let _ = scheduler.send(SchedMsg::Gone { conn });
+                    return;
+                }
+                if reply.is_final() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if client_closed(stream) {
+                    debug!("conn={conn}: client closed while waiting");
+                    let _ = scheduler.send(SchedMsg::Gone { conn });
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the client has closed its end. A client sends nothing after its request, so a read
+/// that returns end-of-file means it closed; bytes it sends anyway are dropped. The client must
+/// not shut down its writing half while it waits (the plugin never does).
+fn client_closed(stream: &UnixStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0_u8; 64];
+    let mut reader = stream;
+    let closed = match reader.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+    };
+    closed || stream.set_nonblocking(false).is_err()
+}
+
+fn write_version(stream: &UnixStream) -> io::Result<()> {
+    // The version line has no encoder in the protocol module; it is the constant plus '\n', as
+    // the plugin writes it.
+    let mut line = String::with_capacity(protocol::VERSION_LINE.len() + 1);
+    line.push_str(protocol::VERSION_LINE);
+    line.push('\n');
+    let mut writer = stream;
+    writer.write_all(line.as_bytes())
+}
+
+fn write_reply(stream: &UnixStream, reply: &Reply) -> io::Result<()> {
+    let mut writer = stream;
+    writer.write_all(reply.encode().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pod_pacemaker::protocol::{ErrorCode, GrantReason};
+    use std::io::BufRead;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pp-agent-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn read_replies(stream: &UnixStream) -> Vec<Reply> {
+        let mut reader = BufReader::new(stream);
+        let mut replies = Vec::new();
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return replies,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches('\n');
+            if first && protocol::check_version(line) {
+                first = false;
+                continue;
+            }
+            first = false;
+            replies.push(Reply::decode(line).expect("reply decodes"));
+        }
+    }
+
+    /// Serves one connection on a socket pair with a fake scheduler that answers `answer`.
+    fn exchange(input: &[u8], answer: Vec<Reply>) -> Vec<Reply> {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let fake = thread::spawn(move || {
+            while let Ok(msg) = rx.recv() {
+                if let SchedMsg::Wait { replies, .. } = msg {
+                    for reply in &answer {
+                        let _ = replies.send(Ok(reply.clone()));
+                    }
+                }
+            }
+        });
+        let worker = thread::spawn(move || serve_connection(&server, 1, &tx));
+        let mut writer = &client;
+        writer.write_all(input).expect("write");
+        let replies = read_replies(&client);
+        worker.join().expect("worker");
+        fake.join().expect("fake scheduler");
+        replies
+    }
+
+    fn error_code_of(replies: &[Reply]) -> Option<ErrorCode> {
+        match replies.last() {
+            Some(Reply::Error { code, .. }) => Some(code.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn ping_gets_pong() {
+        let replies = exchange(b"pod-pacemaker/1\nPING\n", Vec::new());
+        assert_eq!(replies, [Reply::Pong]);
+    }
+
+    #[test]
+    fn wait_relays_the_scheduler_replies() {
+        let queued = Reply::Queued {
+            position: 1,
+            holders: 2,
+            limit: 2,
+        };
+        let granted = Reply::Granted {
+            reason: GrantReason::Slot,
+        };
+        let replies = exchange(
+            b"pod-pacemaker/1\nWAIT namespace=a name=b\n",
+            vec![queued.clone(), granted.clone()],
+        );
+        assert_eq!(replies, [queued, granted]);
+    }
+
+    #[test]
+    fn bad_input_gets_one_error_naming_the_problem() {
+        let cases: &[(&[u8], ErrorCode, &str)] = &[
+            (
+                b"pod-pacemaker/2\nPING\n",
+                ErrorCode::UnsupportedVersion,
+                "pod-pacemaker/2",
+            ),
+            (b"pod-pacemaker/1\nHELLO\n", ErrorCode::BadRequest, "HELLO"),
+            (
+                b"pod-pacemaker/1\nWAIT name=b\n",
+                ErrorCode::BadRequest,
+                "namespace",
+            ),
+            (
+                b"pod-pacemaker/1\nPI\xffNG\n",
+                ErrorCode::BadRequest,
+                "UTF-8",
+            ),
+        ];
+        for (input, code, needle) in cases {
+            let replies = exchange(input, Vec::new());
+            assert_eq!(replies.len(), 1, "{replies:?}");
+            assert_eq!(error_code_of(&replies), Some(code.clone()));
+            let Reply::Error { message, .. } = &replies[0] else {
+                unreachable!()
+            };
+            assert!(message.contains(needle), "{message}");
+        }
+        let mut long = b"pod-pacemaker/1\n".to_vec();
+        long.extend(vec![b'A'; 5000]);
+        long.push(b'\n');
+        let replies = exchange(&long, Vec::new());
+        assert_eq!(error_code_of(&replies), Some(ErrorCode::LineTooLong));
+    }
+
+    #[test]
+    fn client_close_while_waiting_tells_the_scheduler() {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let worker = thread::spawn(move || serve_connection(&server, 7, &tx));
+        let mut writer = &client;
+        writer
+            .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
+            .expect("write");
+        let Ok(SchedMsg::Wait { conn, replies, .. }) = rx.recv() else {
+            panic!("expected a wait");
+        };
+        assert_eq!(conn, 7);
+        drop(client);
+        let gone = rx.recv_timeout(Duration::from_secs(5)).expect("gone");
+        assert!(matches!(gone, SchedMsg::Gone { conn: 7 }));
+        worker.join().expect("worker");
+        drop(replies);
+    }
+
+    #[test]
+    fn failed_grant_write_tells_the_scheduler() {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let mut writer = &client;
+        writer
+            .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
+            .expect("write");
+        let worker = thread::spawn(move || serve_connection(&server, 9, &tx));
+        let Ok(SchedMsg::Wait { replies, .. }) = rx.recv() else {
+            panic!("expected a wait");
+        };
+        // The client is gone before the grant is written. The connection notices either when the
+        // write fails or when it polls; both must report the connection gone.
+        drop(client);
+        let _ = replies.send(Ok(Reply::Granted {
+            reason: GrantReason::Slot,
+        }));
+        let gone = rx.recv_timeout(Duration::from_secs(5)).expect("gone");
+        assert!(matches!(gone, SchedMsg::Gone { conn: 9 }));
+        worker.join().expect("worker");
+    }
+
+    #[test]
+    fn scheduler_gone_means_shutting_down() {
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        drop(rx);
+        let (client, server) = UnixStream::pair().expect("pair");
+        let mut writer = &client;
+        writer
+            .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
+            .expect("write");
+        serve_connection(&server, 1, &tx);
+        drop(server);
+        let replies = read_replies(&client);
+        assert_eq!(error_code_of(&replies), Some(ErrorCode::ShuttingDown));
+    }
+
+    #[test]
+    fn bind_creates_a_private_socket_and_removes_only_its_own() {
+        let dir = temp_dir("bind");
+        let path = dir.join("sub").join("s.sock");
+        let (listener, file) = bind(&path).expect("binds");
+        let dir_mode = fs::metadata(path.parent().expect("parent"))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let meta = fs::symlink_metadata(&path).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(path.parent().expect("parent"))
+            .expect("list")
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left");
+
+        // A second bind replaces the stale socket; the first owner then must not remove it. (The
+        // pause keeps the two change times apart on file systems with a coarse clock.)
+        drop(listener);
+        thread::sleep(Duration::from_millis(50));
+        let (_listener2, file2) = bind(&path).expect("rebinds");
+        file.remove();
+        assert!(path.exists());
+        file2.remove();
+        assert!(!path.exists());
+
+        // Something that is not a socket is left alone.
+        fs::write(&path, "data").expect("write");
+        assert!(matches!(bind(&path), Err(AgentError::NotASocket { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn accept_loop_serves_and_stops() {
+        let dir = temp_dir("accept");
+        let path = dir.join("s.sock");
+        let (listener, file) = bind(&path).expect("binds");
+        let server = Server::new();
+        let (tx, _rx) = mpsc::channel::<SchedMsg>();
+        let acceptor = {
+            let server = Arc::clone(&server);
+            thread::spawn(move || server.accept_loop(&listener, &tx))
+        };
+        let client = UnixStream::connect(&path).expect("connect");
+        let mut writer = &client;
+        writer.write_all(b"pod-pacemaker/1\nPING\n").expect("write");
+        assert_eq!(read_replies(&client), [Reply::Pong]);
+        server.stop(&path);
+        acceptor.join().expect("acceptor stops");
+        file.remove();
+        assert!(!path.exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
