@@ -114,9 +114,14 @@ func (r *resource) supportsField(key string) bool {
 	return false
 }
 
-// discovery is the APIResourceList entry set for /api/v1.
+// discoveryResources is the APIResourceList entry set for /api/v1: the
+// table's kinds and their subresources, plus the namespaces that
+// serveNamespace makes up.
 func discoveryResources() []any {
-	var out []any
+	out := []any{map[string]any{
+		"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+		"verbs": []string{"get", "list"}, "shortNames": []string{"ns"},
+	}}
 	for _, r := range resources {
 		entry := map[string]any{
 			"name": r.name, "singularName": r.singular, "namespaced": r.namespaced,

@@ -9,12 +9,14 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -266,6 +268,10 @@ func parseTarget(rest string) (target, *apiError) {
 }
 
 func (s *server) serveResource(w http.ResponseWriter, r *http.Request, rest string) {
+	if ns, ok := strings.CutPrefix(rest, "namespaces"); ok && (ns == "" || ns == "/" || !strings.Contains(ns[1:], "/")) {
+		s.serveNamespace(w, r, strings.TrimPrefix(ns, "/"))
+		return
+	}
 	t, err := parseTarget(rest)
 	if err != nil {
 		writeError(w, err)
@@ -367,4 +373,51 @@ func (r *recorder) statusOr200() int {
 // resets the stream (HTTP/2) without ending the body cleanly.
 func abortStream() {
 	panic(http.ErrAbortHandler)
+}
+
+// builtinNamespaces are listed even when they hold nothing.
+var builtinNamespaces = []string{"default", "kube-node-lease", "kube-public", "kube-system"}
+
+// serveNamespace answers GET on namespaces. Namespaces are not stored: every
+// validly named namespace exists (objects can be created in any of them),
+// and the list shows the built-in ones plus those that hold objects. kubectl
+// looks a namespace up to word its "not found" errors.
+func (s *server) serveNamespace(w http.ResponseWriter, r *http.Request, name string) {
+	if r.Method != http.MethodGet || isTrue(r.URL.Query().Get("watch")) {
+		writeError(w, errorf(http.StatusMethodNotAllowed, "namespaces support only get and list in the fake API server"))
+		return
+	}
+	namespace := func(n string) map[string]any {
+		return map[string]any{
+			"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": n},
+			"spec": map[string]any{"finalizers": []any{"kubernetes"}}, "status": map[string]any{"phase": "Active"},
+		}
+	}
+	if name != "" {
+		if !validNamespace(name) {
+			writeError(w, &apiError{code: http.StatusNotFound, reason: "NotFound", name: name, kind: "namespaces",
+				message: fmt.Sprintf("namespaces %q not found", name)})
+			return
+		}
+		writeJSON(w, http.StatusOK, namespace(name))
+		return
+	}
+	names, rv := s.store.namespaces()
+	for _, n := range builtinNamespaces {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	items := []any{}
+	for _, n := range names {
+		ns := namespace(n)
+		delete(ns, "kind")
+		delete(ns, "apiVersion")
+		items = append(items, ns)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"kind": "NamespaceList", "apiVersion": "v1",
+		"metadata": map[string]any{"resourceVersion": strconv.FormatInt(rv, 10)}, "items": items,
+	})
 }

@@ -351,6 +351,27 @@ func (s *store) unwatch(w *watcher) {
 	w.stop(false)
 }
 
+// namespaces lists the namespaces that hold objects, and the current
+// resourceVersion.
+func (s *store) namespaces() ([]string, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for res, objs := range s.objects {
+		if !res.namespaced {
+			continue
+		}
+		for _, obj := range objs {
+			if ns := stringAt(obj, "metadata.namespace"); !seen[ns] {
+				seen[ns] = true
+				out = append(out, ns)
+			}
+		}
+	}
+	return out, s.rv
+}
+
 // compact moves the compaction point to the current resourceVersion and
 // forgets the log up to it.
 func (s *store) compact() int64 {
@@ -392,11 +413,13 @@ func (s *store) state() map[string]any {
 	defer s.mu.Unlock()
 	watches := []any{}
 	for w := range s.watchers {
-		watches = append(watches, map[string]any{"resource": w.res.name, "query": w.query})
+		watches = append(watches, map[string]any{
+			"resource": w.res.name, "namespace": w.filter.namespace, "query": w.query,
+		})
 	}
 	sort.Slice(watches, func(i, j int) bool {
 		a, b := watches[i].(map[string]any), watches[j].(map[string]any)
-		return fmt.Sprint(a["resource"], a["query"]) < fmt.Sprint(b["resource"], b["query"])
+		return fmt.Sprint(a["resource"], a["namespace"], a["query"]) < fmt.Sprint(b["resource"], b["namespace"], b["query"])
 	})
 	counts := map[string]any{}
 	for r, objs := range s.objects {
