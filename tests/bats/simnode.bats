@@ -105,6 +105,16 @@ teardown() {
   done
 }
 
+@test "agent SIGTERM: exits 0 and removes its socket" {
+  simnode_up --limit 1 --max-wait 10
+  assert [ -S "${SIMNODE_SOCKET}" ]
+
+  simnode_agent_stop
+  run cat "${SIMNODE_DIR}/agent.exit"
+  assert_output 0
+  assert [ ! -e "${SIMNODE_SOCKET}" ]
+}
+
 @test "simnode_down leaves none of its network namespaces, processes or state behind" {
   simnode_up --limit 1 --max-wait 10
   simnode_pod_create pod-e
