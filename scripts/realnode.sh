@@ -53,7 +53,8 @@ CGROUP_ROOT="ppm-realnode"
 CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event rdma misc)
 MARKER=".pod-pacemaker-realnode"
 
-log() { echo "realnode: $*" >&2; }
+T_START="$(date +%s.%N)"
+log() { echo "realnode: [$(awk -v a="${T_START}" -v b="$(date +%s.%N)" 'BEGIN{printf "%5.1f", b-a}')s] $*" >&2; }
 die() { log "$*"; exit 1; }
 
 for dir in /usr/local/go/bin "${HOME:-/root}/go/bin"; do
@@ -206,7 +207,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   netns_mounts_under_state_dir = true
   disable_apparmor = true
   enable_selinux = false
-  restrict_oom_score_adj = false
+  # This workplace's root has no CAP_SYS_RESOURCE, so lowering oom_score_adj is EPERM and runc
+  # fails every sandbox ("nsexec: failed to update /proc/self/oom_score_adj: Permission denied",
+  # seen as "can't get final child's PID from pipe: EOF"): clamp to containerd's own score.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -251,6 +255,9 @@ registerNode: true
 resolvConf: ${STATE}/resolv.conf
 podLogsDir: ${STATE}/pod-logs
 clusterDomain: cluster.local
+# No DNS server runs here: the address only keeps the kubelet from warning on every pod. Queries to
+# it go nowhere (the node's netns has no route out).
+clusterDNS: ["10.96.0.10"]
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
@@ -433,7 +440,7 @@ cmd_up() {
     --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --v=1
 
   wait_for containerd 30 test -S "${STATE}/containerd/containerd.sock"
-  "${here}/realnode/images.sh" --import "${STATE}/containerd/containerd.sock" >/dev/null
+  "${here}/realnode/images.sh" --no-build --import "${STATE}/containerd/containerd.sock" 2>/dev/null
   log "images imported: $(ctr --address "${STATE}/containerd/containerd.sock" -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
   if [[ "${with_pacemaker}" -eq 1 ]]; then

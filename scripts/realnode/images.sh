@@ -12,7 +12,8 @@
 # binaries are rebuilt each time (a second or two with a warm Go build cache) so the images never lag
 # the source.
 #
-# Usage: scripts/realnode/images.sh [--import CONTAINERD_ADDRESS] [pause|workload|product]...
+# Usage: scripts/realnode/images.sh [--no-build] [--import CONTAINERD_ADDRESS] [pause|workload|product]...
+#   --no-build   import the tarballs already in the cache (those that exist) without rebuilding
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "${here}/../.." && pwd)"
@@ -24,11 +25,13 @@ musl_dir="${REALNODE_MUSL_DIR:-${repo_root}/target/x86_64-unknown-linux-musl/rel
 log() { echo "realnode-images: $*" >&2; }
 
 address=""
+no_build=0
 names=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --import) address="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --no-build) no_build=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     pause|workload|product) names+=("$1") ;;
     *) log "unknown argument: $1"; exit 2 ;;
   esac
@@ -75,6 +78,10 @@ gobuild() { # gobuild PKG OUT
 
 built=()
 for name in "${names[@]}"; do
+  if [[ "${no_build}" -eq 1 ]]; then
+    [[ -f "${out}/${name}.tar" ]] && built+=("${name}")
+    continue
+  fi
   root="${work}/${name}-rootfs"
   mkdir -p "${root}"
   case "${name}" in
