@@ -453,7 +453,11 @@ impl Scheduler {
             pod.release
         };
         if let Some(reason) = reason {
-            if let Some(detail) = &pod.release_detail {
+            if let Some(detail) = pod
+                .release_detail
+                .as_ref()
+                .filter(|_| self.slots.iter().any(mine))
+            {
                 debug!("pod={} uid={} {detail}", pod.full_name(), pod.uid);
             }
             self.release_where(reason, mine);

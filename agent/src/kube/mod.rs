@@ -152,6 +152,9 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
     let mut backoff = Backoff::default();
     let mut resume_from: Option<String> = None;
     let mut lists = 0_u64;
+    // A watch refused as expired right after a fresh list means the server cannot serve that
+    // list's version; relisting again at once would spin.
+    let mut expired_at_once = false;
     loop {
         // 1. Relist when there is no version to resume from.
         let mut version = match resume_from.take() {
@@ -184,8 +187,14 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
 
         // 2. Watch from that version until the stream ends.
         let started = Instant::now();
-        match client.watch(&mut version, sink) {
-            Ok(StreamEnd::Closed) if started.elapsed() >= MIN_WATCH => {
+        let result = client.watch(&mut version, sink);
+        let quick = started.elapsed() < MIN_WATCH;
+        let was_expired_at_once = std::mem::replace(
+            &mut expired_at_once,
+            quick && matches!(result, Ok(StreamEnd::Expired)),
+        );
+        match result {
+            Ok(StreamEnd::Closed) if !quick => {
                 debug!("watch ended, resuming from resourceVersion {version}");
                 backoff.reset();
                 resume_from = Some(version);
@@ -199,14 +208,13 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
                 thread::sleep(delay);
                 resume_from = Some(version);
             }
-            Ok(StreamEnd::Expired) if started.elapsed() >= MIN_WATCH => {
+            Ok(StreamEnd::Expired) if !(quick && was_expired_at_once) => {
                 info!("watch resourceVersion {version} expired, relisting");
-                backoff.reset();
             }
             Ok(StreamEnd::Expired) => {
                 let delay = backoff.next();
                 warn!(
-                    "watch resourceVersion {version} expired at once, relisting in {}s",
+                    "watch from a fresh list expired again at once, relisting in {}s",
                     delay.as_secs()
                 );
                 thread::sleep(delay);
