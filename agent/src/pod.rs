@@ -17,6 +17,10 @@ pub struct PodInfo {
     /// `metadata.creationTimestamp` as the API server writes it (RFC 3339, UTC, whole seconds), so
     /// that string order is time order. Empty when absent.
     pub created: String,
+    /// For the mirror pod of a static pod: the static pod's own UID (annotation
+    /// `kubernetes.io/config.mirror`). The runtime passes that UID, not the mirror's, as
+    /// `K8S_POD_UID`.
+    pub mirror_of: Option<String>,
     /// `spec.priority`; logged only for now.
     // TODO(#6): order the queue by priority.
     pub priority: i32,

@@ -216,9 +216,10 @@ impl Scheduler {
         let namespace = request.namespace.as_str().to_owned();
         let name = request.name.as_str().to_owned();
 
-        // 1. Which pod: the UID given, else the cache's pod of that name.
+        // 1. Which pod: the UID given (or the mirror pod of the static pod it names), else the
+        //    cache's pod of that name.
         let uid = match &request.uid {
-            Some(uid) => Some(uid.as_str().to_owned()),
+            Some(uid) => Some(self.api_uid(uid.as_str())),
             None => self.resolve_uid(&namespace, &name),
         };
         debug!(
@@ -395,6 +396,18 @@ impl Scheduler {
         std::mem::take(&mut self.outbox)
     }
 
+    /// The API UID for a UID the runtime passed: the same, unless it is the UID of a static pod
+    /// whose mirror pod is in the cache.
+    fn api_uid(&self, uid: &str) -> String {
+        if self.pods.contains_key(uid) {
+            return uid.to_owned();
+        }
+        self.pods
+            .values()
+            .find(|p| p.mirror_of.as_deref() == Some(uid))
+            .map_or_else(|| uid.to_owned(), |p| p.uid.clone())
+    }
+
     /// The UID of the newest cached pod with this name that is not being deleted.
     fn resolve_uid(&self, namespace: &str, name: &str) -> Option<String> {
         self.pods
@@ -406,8 +419,9 @@ impl Scheduler {
 
     /// Applies what a pod's current state means for the slots and waiters.
     fn apply_pod(&mut self, pod: &PodInfo) {
-        // 1. Bind slots and waiters that wait for this name to learn their UID. A pod being deleted
-        //    is an old instance, not the one starting.
+        // 1. Bind slots and waiters that wait for this name to learn their UID, and those keyed by
+        //    the static pod UID of this mirror pod. A pod being deleted is an old instance, not the
+        //    one starting.
         if !pod.is_deleting() {
             let unbound_slots = self
                 .slots
@@ -418,7 +432,10 @@ impl Scheduler {
                 .iter_mut()
                 .map(|w| (&mut w.uid, &w.namespace, &w.name));
             for (uid, namespace, name) in unbound_slots.chain(unbound_waiters) {
-                if uid.is_none() && *namespace == pod.namespace && *name == pod.name {
+                let by_name = uid.is_none() && *namespace == pod.namespace && *name == pod.name;
+                // A static pod's UID, which the runtime passes, becomes its mirror pod's.
+                let by_mirror = pod.mirror_of.is_some() && *uid == pod.mirror_of;
+                if by_name || by_mirror {
                     *uid = Some(pod.uid.clone());
                 }
             }
@@ -669,6 +686,7 @@ mod tests {
             namespace: "ns".to_owned(),
             name: name.to_owned(),
             created: "2024-01-01T00:00:00Z".to_owned(),
+            mirror_of: None,
             priority: 0,
             host_network: false,
             skip: None,
@@ -961,6 +979,33 @@ mod tests {
         assert_eq!(s.slots[1].uid.as_deref(), Some("u-late"));
         s.on_pod_upsert(ready("late", "u-late"), now);
         assert_eq!(s.released, [("u-late".to_owned(), ReleaseReason::Ready)]);
+    }
+
+    #[test]
+    fn static_pod_uid_maps_to_its_mirror_pod() {
+        let now = Instant::now();
+        let mut s = synced(2, now);
+        let mirror = |name: &str, uid: &str| PodInfo {
+            mirror_of: Some(format!("hash-{name}")),
+            ..pod(name, uid)
+        };
+        // Mirror known before the WAIT.
+        s.on_pod_upsert(mirror("static-a", "api-a"), now);
+        s.on_wait(1, wait("static-a", Some("hash-static-a")), now);
+        assert_eq!(s.slots[0].uid.as_deref(), Some("api-a"));
+        // Mirror known only after the grant.
+        s.on_wait(2, wait("static-b", Some("hash-static-b")), now);
+        s.on_pod_upsert(mirror("static-b", "api-b"), now);
+        assert_eq!(s.slots[1].uid.as_deref(), Some("api-b"));
+        // The mirror pod's status releases the slot.
+        s.on_pod_upsert(
+            PodInfo {
+                release: Some(ReleaseReason::Ready),
+                ..mirror("static-b", "api-b")
+            },
+            now,
+        );
+        assert_eq!(s.released, [("api-b".to_owned(), ReleaseReason::Ready)]);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::pod::{PodInfo, ReleaseReason, SkipReason};
 /// The annotation that exempts a pod from pacing when its value is `"true"`.
 pub const SKIP_ANNOTATION: &str = "pod-pacemaker/skip";
 
+/// The annotation the kubelet puts on the API mirror of a static pod; its value is the static
+/// pod's UID (pkg/kubelet/types/pod_update.go, `ConfigMirrorAnnotationKey`).
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// Waiting reasons of a container that will not start without outside help (a new image, a fixed
 /// config) or that crash-loops. The kubelet sets these in `state.waiting.reason`
 /// (pkg/kubelet/images/types.go, pkg/kubelet/container/sync_result.go).
@@ -163,10 +167,18 @@ impl Pod {
                 .as_ref()
                 .is_some_and(|s| !s.is_empty());
 
+        let mirror_of = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_ANNOTATION))
+            .filter(|v| !v.is_empty())
+            .cloned();
+
         Some(PodInfo {
             uid,
             namespace,
             name,
+            mirror_of,
             created: meta.creation_timestamp.unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
             host_network: spec.host_network.unwrap_or(false),
@@ -261,6 +273,15 @@ mod tests {
         ));
         assert_eq!(pod.priority, 0);
         assert_eq!(pod.release, None);
+    }
+
+    #[test]
+    fn mirror_pod_names_its_static_pod() {
+        let pod = info(
+            r#"{"metadata":{"name":"etcd-n1","namespace":"kube-system","uid":"api-uid",
+            "annotations":{"kubernetes.io/config.mirror":"3f2a9c"}}}"#,
+        );
+        assert_eq!(pod.mirror_of.as_deref(), Some("3f2a9c"));
     }
 
     #[test]
