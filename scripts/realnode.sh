@@ -74,7 +74,14 @@ check_state_path() {
 }
 
 pidfile() { echo "${STATE}/pids/$1"; }
-alive() { local p; p="$(cat "$(pidfile "$1")" 2>/dev/null)" && [[ -n "${p}" ]] && kill -0 "${p}" 2>/dev/null; }
+# running PID: the process exists and is not a zombie (our daemons are reparented to PID 1, which
+# may reap them a while after they exit).
+running() {
+  local st
+  st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "${st}" && "${st}" != Z && "${st}" != X ]]
+}
+alive() { local p; p="$(cat "$(pidfile "$1")" 2>/dev/null)" && [[ -n "${p}" ]] && running "${p}"; }
 holder_pid() { cat "$(pidfile holder)" 2>/dev/null; }
 
 # in_node CMD...: run a command in the node's netns (host mount namespace, so host paths work).
@@ -507,10 +514,10 @@ kill_pid_of() { # kill_pid_of NAME SIGNAL: signal the recorded pid, wait up to 1
   local name="$1" pid
   pid="$(cat "$(pidfile "${name}")" 2>/dev/null)" || return 0
   [[ -n "${pid}" ]] || return 0
-  if kill -0 "${pid}" 2>/dev/null; then
+  if running "${pid}"; then
     kill -TERM "${pid}" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "${pid}" 2>/dev/null; then
+    for _ in $(seq 1 100); do running "${pid}" || break; sleep 0.1; done
+    if running "${pid}"; then
       log "${name} (pid ${pid}) ignored SIGTERM: SIGKILL"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
@@ -541,7 +548,7 @@ cmd_down() {
   for f in "${STATE}"/containerd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do
     [[ -f "${f}" ]] || continue
     pid="$(cat "${f}")"
-    if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null && grep -q containerd-shim "/proc/${pid}/cmdline" 2>/dev/null; then
+    if [[ -n "${pid}" ]] && running "${pid}" && grep -q containerd-shim "/proc/${pid}/cmdline" 2>/dev/null; then
       log "killing shim pid ${pid}"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
@@ -569,8 +576,12 @@ cmd_down() {
   [[ -z "${holders}" ]] || log "warning: processes still see mounts under ${STATE}: ${holders}"
 
   remove_cgroups
-  if [[ -f "${STATE}/netns.created" ]] && ip netns list | grep -qw "^${netns}"; then
-    ip netns delete "${netns}" && log "deleted netns ${netns} (with bridge ${BRIDGE} in it)"
+  if [[ -f "${STATE}/netns.created" ]] && [[ -e "/run/netns/${netns}" ]]; then
+    if ip netns delete "${netns}"; then
+      log "deleted netns ${netns} (with bridge ${BRIDGE} in it)"
+    else
+      log "could not delete netns ${netns}"
+    fi
   fi
   if [[ -f "${STATE}/created-paths" ]]; then
     while IFS= read -r f; do rmdir "${f}" 2>/dev/null || log "could not remove ${f} (not empty?)"; done <"${STATE}/created-paths"
