@@ -57,15 +57,20 @@ build() {
     say "${name} is up to date (${bin})"
     return 0
   fi
+  # The binary gets the time the build started, so that a source saved while go was building
+  # still counts as newer next time.
+  touch "${bin}.stamp.$$"
   (
     cd "${src}"
     go build -mod=readonly -trimpath -buildvcs=false -ldflags='-s -w' \
       -o "${bin}.tmp.$$" . </dev/null
   ) || {
-    rm -f "${bin}.tmp.$$"
+    rm -f "${bin}.tmp.$$" "${bin}.stamp.$$"
     echo "build-test-tools: building ${name} failed" >&2
     return 1
   }
+  touch -r "${bin}.stamp.$$" "${bin}.tmp.$$"
+  rm -f "${bin}.stamp.$$"
   mv -f "${bin}.tmp.$$" "${bin}"
   say "built ${name} (${bin})"
 }

@@ -148,7 +148,7 @@ func (s *server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 		out = append(out, item)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
-		"kind": t.res.kind + "List", "apiVersion": "v1", "metadata": meta, "items": out,
+		"kind": t.res.kind + "List", "apiVersion": t.res.apiVersion(), "metadata": meta, "items": out,
 	})
 }
 
@@ -316,8 +316,8 @@ func readObject(w http.ResponseWriter, r *http.Request, res *resource) (map[stri
 	if k, ok := obj["kind"]; ok && k != res.kind {
 		return nil, errorf(http.StatusBadRequest, "the object's kind %v does not match the resource %s (kind %s)", k, res.name, res.kind)
 	}
-	if v, ok := obj["apiVersion"]; ok && v != "v1" {
-		return nil, errorf(http.StatusBadRequest, "the object's apiVersion %v does not match the resource %s (v1)", v, res.name)
+	if v, ok := obj["apiVersion"]; ok && v != res.apiVersion() {
+		return nil, errorf(http.StatusBadRequest, "the object's apiVersion %v does not match the resource %s (%s)", v, res.name, res.apiVersion())
 	}
 	if md, ok := obj["metadata"]; ok {
 		if _, isObj := md.(map[string]any); !isObj {
@@ -337,7 +337,7 @@ func readObject(w http.ResponseWriter, r *http.Request, res *resource) (map[stri
 func (s *server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
 	res := t.res
 	if res.namespaced && t.ns == "" {
-		writeError(w, errorf(http.StatusMethodNotAllowed, "create %s under /api/v1/namespaces/{namespace}/%s", res.name, res.name))
+		writeError(w, errorf(http.StatusMethodNotAllowed, "create %s under namespaces/{namespace}/%s", res.name, res.name))
 		return
 	}
 	dry, apiErr := dryRun(r.URL.Query())
@@ -386,7 +386,7 @@ func (s *server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
 	md["uid"] = newUUID()
 	md["creationTimestamp"] = time.Now().UTC().Format(time.RFC3339)
 	delete(md, "resourceVersion")
-	obj["kind"], obj["apiVersion"] = res.kind, "v1"
+	obj["kind"], obj["apiVersion"] = res.kind, res.apiVersion()
 	if res.defaults != nil {
 		res.defaults(obj)
 	}
@@ -464,7 +464,7 @@ func (s *server) finish(t target, cur, asked map[string]any) map[string]any {
 			}
 		}
 	}
-	next["kind"], next["apiVersion"] = t.res.kind, "v1"
+	next["kind"], next["apiVersion"] = t.res.kind, t.res.apiVersion()
 	md, curMD := metadata(next), child(cur, "metadata")
 	for _, k := range []string{"name", "namespace", "uid", "creationTimestamp", "resourceVersion"} {
 		if v, ok := curMD[k]; ok {

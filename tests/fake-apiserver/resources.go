@@ -2,15 +2,21 @@
 
 // The resource table: everything the server knows about a kind lives in one
 // entry here, and the storage, routing, discovery, selector and patch code are
-// generic over it. Adding a kind (a custom resource, say) means adding an entry
-// and, if its API group is not core/v1, a discovery document for that group.
+// generic over it. Adding a kind, a custom resource say, means adding an
+// entry: one with a group is served under /apis/GROUP/VERSION and listed in
+// /apis discovery.
 
 package main
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
-// resource describes one kind served under /api/v1.
+// resource describes one kind.
 type resource struct {
+	group      string // "" for the core API (/api/v1)
+	version    string
 	name       string // plural, as in the URL: "pods"
 	singular   string
 	kind       string
@@ -31,7 +37,8 @@ type resource struct {
 }
 
 var podResource = &resource{
-	name: "pods", singular: "pod", kind: "Pod", namespaced: true,
+	version: "v1",
+	name:    "pods", singular: "pod", kind: "Pod", namespaced: true,
 	shortNames:   []string{"po"},
 	verbs:        []string{"create", "delete", "get", "list", "patch", "update", "watch"},
 	subresources: []string{"status"},
@@ -58,7 +65,8 @@ var podResource = &resource{
 }
 
 var nodeResource = &resource{
-	name: "nodes", singular: "node", kind: "Node", namespaced: false,
+	version: "v1",
+	name:    "nodes", singular: "node", kind: "Node", namespaced: false,
 	shortNames:   []string{"no"},
 	verbs:        []string{"create", "delete", "get", "list", "patch", "update", "watch"},
 	subresources: []string{"status"},
@@ -70,7 +78,8 @@ var nodeResource = &resource{
 }
 
 var eventResource = &resource{
-	name: "events", singular: "event", kind: "Event", namespaced: true,
+	version: "v1",
+	name:    "events", singular: "event", kind: "Event", namespaced: true,
 	shortNames: []string{"ev"},
 	verbs:      []string{"create", "delete", "get", "list", "patch", "update", "watch"},
 	fieldLabels: []string{
@@ -84,13 +93,33 @@ var eventResource = &resource{
 // resources is every kind served, in discovery order.
 var resources = []*resource{podResource, nodeResource, eventResource}
 
-func lookupResource(name string) *resource {
+func lookupResource(group, version, name string) *resource {
 	for _, r := range resources {
-		if r.name == name {
+		if r.group == group && r.version == version && r.name == name {
 			return r
 		}
 	}
 	return nil
+}
+
+// apiVersion is the value of the kind's apiVersion field.
+func (r *resource) apiVersion() string {
+	if r.group == "" {
+		return r.version
+	}
+	return r.group + "/" + r.version
+}
+
+// groupVersions lists the group/versions of the API groups in the table
+// (not the core API), in table order.
+func groupVersions() []string {
+	var out []string
+	for _, r := range resources {
+		if r.group != "" && !slices.Contains(out, r.apiVersion()) {
+			out = append(out, r.apiVersion())
+		}
+	}
+	return out
 }
 
 func (r *resource) hasSubresource(sub string) bool {
@@ -114,15 +143,21 @@ func (r *resource) supportsField(key string) bool {
 	return false
 }
 
-// discoveryResources is the APIResourceList entry set for /api/v1: the
-// table's kinds and their subresources, plus the namespaces that
-// serveNamespace makes up.
-func discoveryResources() []any {
-	out := []any{map[string]any{
-		"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
-		"verbs": []string{"get", "list"}, "shortNames": []string{"ns"},
-	}}
+// discoveryResources is the APIResourceList entry set for one group and
+// version: the table's kinds and their subresources, plus, for the core API,
+// the namespaces that serveNamespace makes up.
+func discoveryResources(group, version string) []any {
+	out := []any{}
+	if group == "" {
+		out = append(out, map[string]any{
+			"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+			"verbs": []string{"get", "list"}, "shortNames": []string{"ns"},
+		})
+	}
 	for _, r := range resources {
+		if r.group != group || r.version != version {
+			continue
+		}
 		entry := map[string]any{
 			"name": r.name, "singularName": r.singular, "namespaced": r.namespaced,
 			"kind": r.kind, "verbs": r.verbs,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // HTTP front end: authentication, fault injection, discovery, and the
-// routing of /api/v1 paths to the resource handlers in handlers.go.
+// routing of /api/v1 and /apis/GROUP/VERSION paths to the resource handlers
+// in handlers.go.
 
 package main
 
@@ -86,16 +87,79 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 
 	switch {
-	case path == "/version" || path == "/api" || path == "/apis" || path == "/api/v1":
-		if r.Method != http.MethodGet {
-			writeError(w, errorf(http.StatusMethodNotAllowed, "%s is not supported on %s", r.Method, path))
-			return
-		}
-		writeJSON(w, http.StatusOK, s.discovery(path))
+	case path == "/version" || path == "/api" || path == "/apis":
+		serveDiscovery(w, r, s.discovery(path))
+	case path == "/api/v1" || path == "/api/v1/":
+		serveDiscovery(w, r, resourceList("", "v1"))
 	case strings.HasPrefix(path, "/api/v1/"):
-		s.serveResource(w, r, strings.TrimPrefix(path, "/api/v1/"))
+		s.serveResource(w, r, "", "v1", strings.TrimPrefix(path, "/api/v1/"))
+	case strings.HasPrefix(path, "/apis/"):
+		s.serveGroup(w, r, strings.TrimPrefix(path, "/apis/"))
 	default:
-		writeError(w, errorf(http.StatusNotFound, "the server could not find the requested resource"))
+		writeError(w, errNoResource())
+	}
+}
+
+func errNoResource() *apiError {
+	return errorf(http.StatusNotFound, "the server could not find the requested resource")
+}
+
+func serveDiscovery(w http.ResponseWriter, r *http.Request, doc any) {
+	if r.Method != http.MethodGet {
+		writeError(w, errorf(http.StatusMethodNotAllowed, "%s is not supported on %s", r.Method, r.URL.Path))
+		return
+	}
+	writeJSON(w, http.StatusOK, doc)
+}
+
+// serveGroup serves /apis/GROUP[/VERSION[/...]] for the API groups in the
+// resource table.
+func (s *server) serveGroup(w http.ResponseWriter, r *http.Request, rest string) {
+	parts := strings.SplitN(strings.TrimSuffix(rest, "/"), "/", 3)
+	versions := groupVersionsOf(parts[0])
+	if len(versions) == 0 || (len(parts) > 1 && !slices.Contains(versions, parts[1])) {
+		writeError(w, errNoResource())
+		return
+	}
+	switch len(parts) {
+	case 1:
+		serveDiscovery(w, r, apiGroup(parts[0], versions))
+	case 2:
+		serveDiscovery(w, r, resourceList(parts[0], parts[1]))
+	default:
+		s.serveResource(w, r, parts[0], parts[1], parts[2])
+	}
+}
+
+// groupVersionsOf lists the versions the table serves for an API group.
+func groupVersionsOf(group string) []string {
+	var out []string
+	for _, gv := range groupVersions() {
+		if g, v, _ := strings.Cut(gv, "/"); g == group {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func apiGroup(group string, versions []string) map[string]any {
+	var vs []any
+	for _, v := range versions {
+		vs = append(vs, map[string]any{"groupVersion": group + "/" + v, "version": v})
+	}
+	return map[string]any{
+		"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs, "preferredVersion": vs[0],
+	}
+}
+
+func resourceList(group, version string) map[string]any {
+	gv := version
+	if group != "" {
+		gv = group + "/" + version
+	}
+	return map[string]any{
+		"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+		"resources": discoveryResources(group, version),
 	}
 }
 
@@ -208,27 +272,32 @@ func (s *server) discovery(path string) any {
 			"kind": "APIVersions", "versions": []string{"v1"},
 			"serverAddressByClientCIDRs": []any{map[string]any{"clientCIDR": "0.0.0.0/0", "serverAddress": s.addr}},
 		}
-	case "/apis":
-		return map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": []any{}}
-	default:
-		return map[string]any{
-			"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-			"resources": discoveryResources(),
+	default: // "/apis"
+		groups := []any{}
+		seen := map[string]bool{}
+		for _, gv := range groupVersions() {
+			g, _, _ := strings.Cut(gv, "/")
+			if !seen[g] {
+				seen[g] = true
+				groups = append(groups, apiGroup(g, groupVersionsOf(g)))
+			}
 		}
+		return map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 	}
 }
 
-// target is what an /api/v1 path names.
+// target is what a resource path names.
 type target struct {
 	res       *resource
 	ns        string // "" for cluster-scoped kinds and for all namespaces
 	name      string // "" for a collection
 	sub       string // "" or a subresource
-	watchPath bool   // the deprecated /api/v1/watch/... form
+	watchPath bool   // the deprecated .../watch/... form
 }
 
-func parseTarget(rest string) (target, *apiError) {
-	notFound := errorf(http.StatusNotFound, "the server could not find the requested resource")
+// parseTarget reads the part of a path after /api/v1/ or /apis/GROUP/VERSION/.
+func parseTarget(group, version, rest string) (target, *apiError) {
+	notFound := errNoResource()
 	var t target
 	segs := strings.Split(strings.TrimSuffix(rest, "/"), "/")
 	if segs[0] == "watch" {
@@ -236,7 +305,7 @@ func parseTarget(rest string) (target, *apiError) {
 	}
 	if len(segs) >= 3 && segs[0] == "namespaces" {
 		t.ns = segs[1]
-		if t.res = lookupResource(segs[2]); t.res == nil || !t.res.namespaced || t.ns == "" {
+		if t.res = lookupResource(group, version, segs[2]); t.res == nil || !t.res.namespaced || t.ns == "" {
 			return t, notFound
 		}
 		segs = segs[3:]
@@ -244,7 +313,7 @@ func parseTarget(rest string) (target, *apiError) {
 		if len(segs) == 0 {
 			return t, notFound
 		}
-		if t.res = lookupResource(segs[0]); t.res == nil || (t.res.namespaced && len(segs) > 1) {
+		if t.res = lookupResource(group, version, segs[0]); t.res == nil || (t.res.namespaced && len(segs) > 1) {
 			return t, notFound
 		}
 		segs = segs[1:]
@@ -267,12 +336,14 @@ func parseTarget(rest string) (target, *apiError) {
 	return t, nil
 }
 
-func (s *server) serveResource(w http.ResponseWriter, r *http.Request, rest string) {
-	if ns, ok := strings.CutPrefix(rest, "namespaces"); ok && (ns == "" || ns == "/" || !strings.Contains(ns[1:], "/")) {
-		s.serveNamespace(w, r, strings.TrimPrefix(ns, "/"))
-		return
+func (s *server) serveResource(w http.ResponseWriter, r *http.Request, group, version, rest string) {
+	if group == "" && (rest == "namespaces" || strings.HasPrefix(rest, "namespaces/")) {
+		if name := strings.TrimPrefix(strings.TrimPrefix(rest, "namespaces"), "/"); !strings.Contains(name, "/") {
+			s.serveNamespace(w, r, name)
+			return
+		}
 	}
-	t, err := parseTarget(rest)
+	t, err := parseTarget(group, version, rest)
 	if err != nil {
 		writeError(w, err)
 		return

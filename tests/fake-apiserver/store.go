@@ -329,7 +329,7 @@ func (s *store) watch(res *resource, f *filter, rv string, sendInitial bool, que
 // holds s.mu.
 func (s *store) bookmark(res *resource) watchEvent {
 	return watchEvent{"BOOKMARK", map[string]any{
-		"kind": res.kind, "apiVersion": "v1",
+		"kind": res.kind, "apiVersion": res.apiVersion(),
 		"metadata": map[string]any{"resourceVersion": strconv.FormatInt(s.rv, 10)},
 	}}
 }
