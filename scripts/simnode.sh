@@ -75,13 +75,21 @@ simnode__pod_dir() {
 }
 
 # simnode__wait_for DESCRIPTION TIMEOUT_S COMMAND...: polls COMMAND every 0.1 s until it
-# succeeds; fails after TIMEOUT_S seconds.
+# succeeds; fails after TIMEOUT_S seconds, or at once when COMMAND returns 2 ("will never
+# succeed", e.g. the process it waits for has exited).
 simnode__wait_for() {
-  local what="$1" timeout="$2" deadline
+  local what="$1" timeout="$2" deadline rc
   shift 2
   deadline=$((SECONDS + timeout))
-  until "$@"; do
-    if ((SECONDS >= deadline)); then
+  while :; do
+    rc=0
+    "$@" || rc=$?
+    if ((rc == 0)); then
+      return 0
+    elif ((rc == 2)); then
+      simnode_log "gave up waiting for ${what}"
+      return 1
+    elif ((SECONDS >= deadline)); then
       simnode_log "timed out after ${timeout}s waiting for ${what}"
       return 1
     fi
