@@ -148,6 +148,7 @@ pub fn run(mut scheduler: Scheduler, messages: &Receiver<SchedMsg>, mut on_ready
 /// All pacing state of the node; see the module docs for the rules.
 #[derive(Debug)]
 pub struct Scheduler {
+    // TODO(#6): a rate limit, and a limit per CPU core, next to this fixed count.
     limit: usize,
     lease: Duration,
     /// The node's pods by UID, as of the last list and watch event.
@@ -305,6 +306,8 @@ impl Scheduler {
     }
 
     /// A connection ended without delivering its final reply.
+    // TODO(#6): remember the position of a waiter that leaves, so that the runtime's retry of the
+    // same pod re-enters where it was instead of at the back (FIELD.md W9).
     pub fn on_gone(&mut self, conn: ConnId, now: Instant) {
         let before = self.queue.len();
         self.queue.retain(|w| w.conn != conn);
@@ -482,6 +485,8 @@ impl Scheduler {
     }
 
     /// Counts the started pods of the node as holders, oldest first (see the module docs).
+    // TODO(#6): the queue order itself is lost on a restart: waiters that reconnect queue in the
+    // order they reconnect, not the order they first arrived.
     fn adopt_started_pods(&mut self, now: Instant) {
         let mut started: Vec<&PodInfo> = self
             .pods

@@ -225,6 +225,8 @@ impl KubeClient {
     }
 
     /// The `Authorization` header from the token file as it is now.
+    // TODO(#5): after a 401, retry at once with the token read again (the kubelet may have just
+    // rotated it) instead of waiting out the backoff.
     fn auth(&self) -> Result<HeaderValue, KubeError> {
         BearerToken::read(&self.token_file)?.header_value(&self.token_file)
     }
