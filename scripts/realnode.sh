@@ -5,7 +5,9 @@
 # Usage:
 #   scripts/realnode.sh up [--with-pacemaker --limit N]   build or reuse binaries, start, wait for Ready
 #   scripts/realnode.sh down                              stop everything by pid, leave the host as it was
-#   scripts/realnode.sh status                            what runs, node and pods
+#   scripts/realnode.sh status                            what runs, node and pods (exit 0 = up)
+#   scripts/realnode.sh pacemaker on --limit N | off      chain our plugin and run the agent on a
+#                                                         running node, or take both out again
 #   scripts/realnode.sh kubectl ARGS...                   kubectl against the node (runs in its netns)
 #   scripts/realnode.sh exec CMD ARGS...                  any command inside the node's netns
 #   scripts/realnode.sh env                               print shell variables describing the node
@@ -450,16 +452,16 @@ cmd_up() {
   "${here}/realnode/images.sh" --no-build --import "${STATE}/containerd/containerd.sock" 2>/dev/null
   log "images imported: $(ctr --address "${STATE}/containerd/containerd.sock" -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
-  if [[ "${with_pacemaker}" -eq 1 ]]; then
-    start_pacemaker "${limit}"
-  fi
-
   start kubelet "$(bin kubelet)" --config="${STATE}/kubelet-config.yaml" \
     --kubeconfig="${STATE}/kubelet.kubeconfig" --root-dir="${STATE}/kubelet" \
     --cert-dir="${STATE}/kubelet/pki" --hostname-override="${NODE}" --node-ip="${NODE_IP}" --v=2
 
   wait_for "node ${NODE} Ready" "${UP_TIMEOUT}" node_ready
   wait_for "service account default/default" 60 kc -n default get serviceaccount default
+  # Our plugin joins the chain once the agent serves its socket; containerd re-reads the conf dir.
+  if [[ "${with_pacemaker}" -eq 1 ]]; then
+    start_pacemaker "${limit}"
+  fi
   awk -v a="${t0}" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f\n", b-a}' >"${STATE}/up-seconds"
   log "up in $(cat "${STATE}/up-seconds")s: kubectl via '$0 kubectl ...' or 'ip netns exec ${NETNS} kubectl --kubeconfig ${STATE}/admin.kubeconfig ...'"
 }
@@ -510,7 +512,35 @@ EOF
 }
 
 # --- down --------------------------------------------------------------------------------------
-kill_pid_of() { # kill_pid_of NAME SIGNAL: signal the recorded pid, wait up to 10s, then SIGKILL
+stop_pacemaker() {
+  write_conflist ""
+  kill_pid_of agent
+  rm -f "${STATE}/cni/bin/pod-pacemaker" "${STATE}/pacemaker-limit" "${STATE}/ppm.sock"
+  log "pod-pacemaker out of the chain, agent stopped"
+}
+
+cmd_pacemaker() {
+  if [[ ! -e "${STATE}/${MARKER}" ]] || ! alive kubelet; then die "the real node is not up"; fi
+  case "${1:-}" in
+    on)
+      shift
+      local limit=2
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --limit) limit="$2"; shift ;;
+          *) die "pacemaker on: unknown argument $1" ;;
+        esac
+        shift
+      done
+      if alive agent; then stop_pacemaker; fi
+      start_pacemaker "${limit}"
+      ;;
+    off) stop_pacemaker ;;
+    *) die "usage: pacemaker on [--limit N] | off" ;;
+  esac
+}
+
+kill_pid_of() { # kill_pid_of NAME: SIGTERM the recorded pid, wait up to 10s, then SIGKILL
   local name="$1" pid
   pid="$(cat "$(pidfile "${name}")" 2>/dev/null)" || return 0
   [[ -n "${pid}" ]] || return 0
@@ -632,9 +662,10 @@ case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down ;;
   status) shift; cmd_status ;;
+  pacemaker) shift; cmd_pacemaker "$@" ;;
   kubectl) shift; kc "$@" ;;
   exec) shift; in_node "$@" ;;
   env) cmd_env ;;
-  -h|--help|help|"") sed -n '2,31p' "$0" ;;
-  *) die "unknown command: $1 (up|down|status|kubectl|exec|env)" ;;
+  -h|--help|help|"") sed -n '2,33p' "$0" ;;
+  *) die "unknown command: $1 (up|down|status|pacemaker|kubectl|exec|env)" ;;
 esac
