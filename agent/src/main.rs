@@ -24,13 +24,16 @@ mod pod;
 mod scheduler;
 mod server;
 
+use std::fs::OpenOptions;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use log::{error, info, LevelFilter};
+use log::{error, info, warn, LevelFilter};
+use pod_pacemaker::heartbeat;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -137,6 +140,7 @@ fn run(config: &Config) -> Result<(), AgentError> {
             server.accept_loop(&listener, &sched_tx)
         })?;
     }
+    spawn_heartbeat(&config.socket)?;
     info!("ready: serving {}", config.socket.display());
 
     // 6. Run until a signal.
@@ -180,6 +184,37 @@ fn spawn_signal_thread(events: Sender<MainEvent>) -> Result<(), AgentError> {
         if let Some(signal) = signals.forever().next() {
             info!("received signal {signal}");
             let _ = events.send(MainEvent::Stop);
+        }
+    })?;
+    Ok(())
+}
+
+/// Touches the heartbeat file beside the socket while the agent runs, so that the plugin can tell
+/// a restarting agent from a missing one (`pod_pacemaker::heartbeat`). A failure is logged when
+/// it starts and when it ends, not on every beat.
+fn spawn_heartbeat(socket: &Path) -> Result<(), AgentError> {
+    let path = heartbeat::path(socket);
+    spawn("agent-heartbeat", move || {
+        let mut failing = false;
+        loop {
+            let touched = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(SystemTime::now()));
+            match touched {
+                Err(err) if !failing => {
+                    warn!("cannot touch heartbeat file {}: {err}", path.display());
+                    failing = true;
+                }
+                Ok(()) if failing => {
+                    info!("heartbeat file {} writable again", path.display());
+                    failing = false;
+                }
+                _ => {}
+            }
+            thread::sleep(heartbeat::INTERVAL);
         }
     })?;
     Ok(())

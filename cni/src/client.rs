@@ -38,11 +38,17 @@ pub enum WaitOutcome {
 
 /// Asks the agent at `socket` for a slot and waits until `deadline`.
 ///
-/// The first connection failure ends the wait at once ([`WaitOutcome::Unreachable`]): an agent
-/// that is not there now is not waited for. Once the agent has accepted the request, losing the
+/// An agent that cannot be reached is retried until `connect_until` (the caller sets it in the
+/// past when the agent has been gone for long, so that the pod passes at once), then the wait
+/// ends with [`WaitOutcome::Unreachable`]. Once the agent has accepted the request, losing the
 /// connection (agent restart) leads to reconnects until the deadline, so the pod keeps its place
 /// in the agent's queue.
-pub fn wait_for_slot(socket: &Path, request: &WaitRequest, deadline: Instant) -> WaitOutcome {
+pub fn wait_for_slot(
+    socket: &Path,
+    request: &WaitRequest,
+    connect_until: Instant,
+    deadline: Instant,
+) -> WaitOutcome {
     let mut accepted_once = false;
     let mut last_error = None;
     loop {
@@ -55,7 +61,7 @@ pub fn wait_for_slot(socket: &Path, request: &WaitRequest, deadline: Instant) ->
 
         match attempt(socket, &Request::Wait(request), deadline) {
             Attempt::Done(outcome) => return outcome,
-            Attempt::ConnectFailed(reason) if !accepted_once => {
+            Attempt::ConnectFailed(reason) if !accepted_once && now >= connect_until => {
                 return WaitOutcome::Unreachable(reason);
             }
             Attempt::ConnectFailed(reason) => {
@@ -271,6 +277,7 @@ mod tests {
         let outcome = wait_for_slot(
             Path::new("/nonexistent/ppm.sock"),
             &request(),
+            start,
             start + Duration::from_secs(30),
         );
         assert!(
@@ -281,13 +288,37 @@ mod tests {
     }
 
     #[test]
+    fn restarting_agent_is_waited_for_until_connect_until() {
+        let path = temp_socket("restart");
+        let later = path.clone();
+        let agent = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(400));
+            fake_agent(&later, "pod-pacemaker/1\nGRANTED reason=slot\n").join()
+        });
+        let start = Instant::now();
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            start + Duration::from_secs(5),
+            start + Duration::from_secs(10),
+        );
+        assert_eq!(outcome, WaitOutcome::Granted(GrantReason::Slot));
+        assert!(agent.join().is_ok());
+    }
+
+    #[test]
     fn grant_after_queueing() {
         let path = temp_socket("grant");
         let agent = fake_agent(
             &path,
             "pod-pacemaker/1\nQUEUED position=1 holders=2 limit=2\nGRANTED reason=slot\n",
         );
-        let outcome = wait_for_slot(&path, &request(), Instant::now() + Duration::from_secs(10));
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            Instant::now(),
+            Instant::now() + Duration::from_secs(10),
+        );
         assert_eq!(outcome, WaitOutcome::Granted(GrantReason::Slot));
         let lines = agent.join().expect("agent thread");
         assert_eq!(lines[0], "pod-pacemaker/1\n");
@@ -298,7 +329,12 @@ mod tests {
     fn garbage_reply_is_refused_not_granted() {
         let path = temp_socket("garbage");
         let _agent = fake_agent(&path, "pod-pacemaker/1\nGRANTED-ISH yes\n");
-        let outcome = wait_for_slot(&path, &request(), Instant::now() + Duration::from_secs(10));
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            Instant::now(),
+            Instant::now() + Duration::from_secs(10),
+        );
         assert!(matches!(outcome, WaitOutcome::Refused(_)), "{outcome:?}");
     }
 
@@ -307,7 +343,7 @@ mod tests {
         let path = temp_socket("silent");
         let _agent = fake_agent(&path, "pod-pacemaker/1\n");
         let start = Instant::now();
-        let outcome = wait_for_slot(&path, &request(), start + Duration::from_millis(150));
+        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_millis(150));
         assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
     }
 }

@@ -173,12 +173,30 @@ fn parse_pod_identity(args: &str) -> Result<Option<PodIdentity>, PluginError> {
     })
 }
 
+/// The default for `agentRestartGraceSeconds`.
+pub const DEFAULT_AGENT_RESTART_GRACE_SECONDS: u64 = 30;
+
+/// What ADD does when `maxWaitTimeInSeconds` passes without a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDeadline {
+    /// Start the pod without a slot (fail-open).
+    Proceed,
+    /// Fail with CNI error 11; the kubelet retries the sandbox and the agent keeps the pod's
+    /// place in the queue.
+    Retry,
+}
+
 /// The network config on stdin, validated.
 #[derive(Debug)]
 pub struct NetConf {
     pub cni_version: String,
     pub socket_path: String,
     pub max_wait: Duration,
+    pub on_deadline: OnDeadline,
+    /// How long after the agent's last heartbeat an unreachable agent is still waited for.
+    pub agent_restart_grace: Duration,
+    /// A file that receives a copy of the log lines, if set.
+    pub log_file: Option<String>,
     pub namespace_exclusions: Vec<String>,
     pub success_on_connection_timeout: bool,
     pub disable_throttling: bool,
@@ -220,6 +238,32 @@ impl NetConf {
             ));
         }
 
+        let on_deadline = match keys.optional::<String>("onDeadline")?.as_deref() {
+            None | Some("proceed") => OnDeadline::Proceed,
+            Some("retry") => OnDeadline::Retry,
+            Some(other) => {
+                return Err(invalid(
+                    "onDeadline",
+                    &format!("{other:?} is neither \"proceed\" nor \"retry\""),
+                ))
+            }
+        };
+
+        let grace_seconds: u64 = keys
+            .optional("agentRestartGraceSeconds")?
+            .unwrap_or(DEFAULT_AGENT_RESTART_GRACE_SECONDS);
+        if grace_seconds > MAX_WAIT_LIMIT_SECONDS {
+            return Err(invalid(
+                "agentRestartGraceSeconds",
+                &format!("must be at most {MAX_WAIT_LIMIT_SECONDS}"),
+            ));
+        }
+
+        let log_file: Option<String> = keys.optional("logFile")?;
+        if log_file.as_ref().is_some_and(|path| !path.starts_with('/')) {
+            return Err(invalid("logFile", "must be an absolute path"));
+        }
+
         let namespace_exclusions: Vec<String> = keys
             .optional("namespaceExclusions")?
             .unwrap_or_else(|| vec!["kube-system".to_owned()]);
@@ -237,8 +281,57 @@ impl NetConf {
             cni_version,
             socket_path,
             max_wait: Duration::from_secs(max_wait_seconds),
+            on_deadline,
+            agent_restart_grace: Duration::from_secs(grace_seconds),
+            log_file,
             namespace_exclusions,
         })
+    }
+
+    /// `prevResult` in the config's `cniVersion`, for stdout.
+    ///
+    /// When the previous plugin answered in the config's version (the normal case), its bytes
+    /// are returned unchanged, fields we do not know included. Otherwise the result is converted
+    /// the way libcni converts between result versions: 0.3.x and 0.4.0 carry `version` ("4" or
+    /// "6") in each `ips` entry, 1.x does not.
+    pub fn prev_result_output(&self) -> Result<String, PluginError> {
+        let raw = self
+            .prev_result
+            .as_ref()
+            .ok_or(PluginError::MissingPrevResult)?;
+        let mut result: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(raw.get())
+                .map_err(|_| invalid("prevResult", "must be a JSON object"))?;
+        let from = match result.get("cniVersion") {
+            None => return Ok(raw.get().to_owned()),
+            Some(serde_json::Value::String(version)) => version.clone(),
+            Some(_) => return Err(invalid("prevResult.cniVersion", "must be a string")),
+        };
+        if from == self.cni_version {
+            return Ok(raw.get().to_owned());
+        }
+        if !SUPPORTED_VERSIONS.contains(&from.as_str()) {
+            return Err(invalid(
+                "prevResult.cniVersion",
+                &format!("{from:?} is not a supported version"),
+            ));
+        }
+        let to_pre_1 = !self.cni_version.starts_with("1.");
+        if let Some(serde_json::Value::Array(ips)) = result.get_mut("ips") {
+            for ip in ips.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                if to_pre_1 {
+                    let v6 = ip
+                        .get("address")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|address| address.contains(':'));
+                    ip.insert("version".to_owned(), if v6 { "6" } else { "4" }.into());
+                } else {
+                    ip.remove("version");
+                }
+            }
+        }
+        result.insert("cniVersion".to_owned(), self.cni_version.clone().into());
+        Ok(serde_json::Value::Object(result).to_string())
     }
 
     /// The pod's `pod-pacemaker/skip` annotation, if the runtime passed annotations.
@@ -392,6 +485,9 @@ mod tests {
         assert!(!conf.disable_throttling);
         assert!(conf.pod_annotations.is_none());
         assert!(conf.prev_result.is_none());
+        assert_eq!(conf.on_deadline, OnDeadline::Proceed);
+        assert_eq!(conf.agent_restart_grace, Duration::from_secs(30));
+        assert!(conf.log_file.is_none());
     }
 
     #[test]
@@ -400,6 +496,46 @@ mod tests {
         let stdin = format!(r#"{{"cniVersion":"1.0.0","prevResult":{prev}}}"#);
         let conf = NetConf::parse(stdin.as_bytes()).expect("valid");
         assert_eq!(conf.prev_result.expect("prevResult").get(), prev);
+    }
+
+    fn output_for(conf_version: &str, prev: &str) -> Result<String, PluginError> {
+        let stdin = format!(r#"{{"cniVersion":"{conf_version}","prevResult":{prev}}}"#);
+        NetConf::parse(stdin.as_bytes())
+            .expect("valid")
+            .prev_result_output()
+    }
+
+    #[test]
+    fn prev_result_is_converted_to_the_config_version() {
+        let old = r#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.0.5/24"},
+            {"version":"6","address":"fd00::5/64"}],"dns":{},"extra":true}"#;
+        let out: serde_json::Value =
+            serde_json::from_str(&output_for("1.0.0", old).expect("converts")).expect("JSON");
+        assert_eq!(out["cniVersion"], "1.0.0");
+        assert!(out["ips"][0].get("version").is_none());
+        assert_eq!(out["extra"], true);
+
+        let new = r#"{"cniVersion":"1.1.0","ips":[{"address":"10.1.0.5/24"},
+            {"address":"fd00::5/64"}]}"#;
+        let out: serde_json::Value =
+            serde_json::from_str(&output_for("0.3.1", new).expect("converts")).expect("JSON");
+        assert_eq!(out["cniVersion"], "0.3.1");
+        assert_eq!(out["ips"][0]["version"], "4");
+        assert_eq!(out["ips"][1]["version"], "6");
+    }
+
+    #[test]
+    fn bad_prev_results_are_config_errors() {
+        for prev in [
+            r#"[1]"#,
+            r#""x""#,
+            r#"{"cniVersion":4}"#,
+            r#"{"cniVersion":"0.1.0"}"#,
+        ] {
+            let err = output_for("1.0.0", prev).expect_err(prev);
+            assert_eq!(err.code(), 7, "{prev}");
+            assert!(err.to_string().contains("prevResult"), "{prev}: {err}");
+        }
     }
 
     #[test]
@@ -426,6 +562,15 @@ mod tests {
                 "maxWaitTimeInSeconds",
             ),
             (r#"{"cniVersion":7}"#, "cniVersion"),
+            (
+                r#"{"cniVersion":"1.0.0","onDeadline":"panic"}"#,
+                "onDeadline",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","agentRestartGraceSeconds":-1}"#,
+                "agentRestartGraceSeconds",
+            ),
+            (r#"{"cniVersion":"1.0.0","logFile":"x.log"}"#, "logFile"),
             (
                 r#"{"cniVersion":"1.0.0","runtimeConfig":{"io.kubernetes.cri.pod-annotations":[1]}}"#,
                 "runtimeConfig.io.kubernetes.cri.pod-annotations",

@@ -15,6 +15,9 @@ pub const FALLBACK_CNI_VERSION: &str = "1.1.0";
 /// A failed plugin invocation.
 #[derive(Debug)]
 pub enum PluginError {
+    /// The agent answered with an error or something unreadable, and
+    /// `successOnConnectionTimeout` is false.
+    AgentRefused(String),
     /// The agent could not be reached and `successOnConnectionTimeout` is false.
     AgentUnavailable(String),
     /// A config key has the wrong type or an invalid value.
@@ -54,6 +57,8 @@ impl PluginError {
             PluginError::DecodeConfig(_) | PluginError::StdinTooLarge { .. } => 6,
             PluginError::ConfigInvalid { .. } | PluginError::MissingPrevResult => 7,
             PluginError::AgentUnavailable(_) | PluginError::DeadlineExceeded { .. } => 11,
+            // Ours: the agent is there but said no, so "try again later" would be a guess.
+            PluginError::AgentRefused(_) => 100,
         }
     }
 
@@ -71,6 +76,7 @@ impl PluginError {
     /// A short, fixed description of the kind of failure (the spec's `msg`).
     fn summary(&self) -> &'static str {
         match self {
+            PluginError::AgentRefused(_) => "pod-pacemaker agent refused the request",
             PluginError::AgentUnavailable(_) => "pod-pacemaker agent unavailable",
             PluginError::ConfigInvalid { .. } => "invalid network config",
             PluginError::DecodeConfig(_) => "failed to decode network config",
@@ -90,6 +96,7 @@ impl PluginError {
 impl fmt::Display for PluginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PluginError::AgentRefused(reason) => write!(f, "agent refused: {reason}"),
             PluginError::AgentUnavailable(reason) => write!(f, "agent unavailable: {reason}"),
             PluginError::ConfigInvalid { key, reason } => write!(f, "config key {key}: {reason}"),
             PluginError::DecodeConfig(reason) => write!(f, "stdin is not a JSON object: {reason}"),
@@ -146,5 +153,6 @@ mod tests {
         assert_eq!(PluginError::DecodeConfig("x".into()).code(), 6);
         assert_eq!(PluginError::MissingPrevResult.code(), 7);
         assert_eq!(PluginError::AgentUnavailable("x".into()).code(), 11);
+        assert_eq!(PluginError::AgentRefused("x".into()).code(), 100);
     }
 }

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod cni;
 pub mod error;
+pub mod heartbeat;
 pub mod logger;
 pub mod plugin;
 pub mod protocol;

@@ -7,11 +7,13 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::client::{self, WaitOutcome};
-use crate::cni::{self, AddEnv, Command, NetConf, PodIdentity};
+use crate::cni::{self, AddEnv, Command, NetConf, OnDeadline, PodIdentity};
 use crate::error::PluginError;
+use crate::heartbeat;
+use crate::logger;
 use crate::protocol::{GrantReason, WaitRequest};
 
 /// Runs one invocation. `Ok(Some(json))` is the result for stdout; `Ok(None)` means success with
@@ -45,45 +47,45 @@ fn version_json() -> String {
     .to_string()
 }
 
-/// ADD: decide whether to pace, wait for a slot if so, then hand `prevResult` on unchanged.
+/// ADD: decide whether to pace, wait for a slot if so, then hand `prevResult` on.
 fn add(get_env: &dyn Fn(&str) -> Option<OsString>, stdin: &[u8]) -> Result<String, PluginError> {
     let start = Instant::now();
 
     // 1. Parse everything before deciding anything.
     let env = AddEnv::parse(get_env)?;
     let conf = NetConf::parse(stdin)?;
-    let prev_result = conf
-        .prev_result
-        .as_ref()
-        .ok_or(PluginError::MissingPrevResult)?
-        .get()
-        .to_owned();
+    if let Some(path) = &conf.log_file {
+        logger::set_file(Path::new(path));
+    }
+    let output = conf.prev_result_output()?;
 
     // 2. Skip rules that need no agent.
     let pod = match decide(&conf, env.pod.as_ref()) {
         Decision::Skip(reason) => {
             log::debug!("container {}: not paced: {reason}", env.container_id);
-            return Ok(prev_result);
+            return Ok(output);
         }
         Decision::Pace(pod) => pod,
     };
 
-    // 3. Wait for a slot, within the deadline.
+    // 3. Wait for a slot, within the deadline. An agent that cannot be reached is waited for
+    //    only while its heartbeat is recent, i.e. while it is restarting, not when it is gone.
+    let socket = Path::new(&conf.socket_path);
+    let deadline = start + conf.max_wait;
+    let connect_until = heartbeat_age(socket)
+        .and_then(|age| conf.agent_restart_grace.checked_sub(age))
+        .map_or(start, |left| (start + left).min(deadline));
     let request = WaitRequest {
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
         uid: pod.uid.clone(),
         timeout_ms: None,
     };
-    let outcome = client::wait_for_slot(
-        Path::new(&conf.socket_path),
-        &request,
-        start + conf.max_wait,
-    );
+    let outcome = client::wait_for_slot(socket, &request, connect_until, deadline);
     let waited_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let who = format!("{}/{}", pod.namespace, pod.name);
 
-    // 4. Proceed, or fail if the config asks for fail-closed.
+    // 4. Proceed, or fail where the config asks for it.
     match outcome {
         WaitOutcome::Granted(GrantReason::Slot) => {
             log::info!("{who}: start slot granted after {waited_ms} ms");
@@ -91,14 +93,20 @@ fn add(get_env: &dyn Fn(&str) -> Option<OsString>, stdin: &[u8]) -> Result<Strin
         WaitOutcome::Granted(GrantReason::Skip) => {
             log::info!("{who}: agent does not pace this pod");
         }
-        WaitOutcome::Unreachable(reason) | WaitOutcome::Refused(reason) => {
+        WaitOutcome::Unreachable(reason) => {
             if !conf.success_on_connection_timeout {
                 return Err(PluginError::AgentUnavailable(reason));
             }
-            log::warn!("{who}: fail-open: agent unavailable ({reason}); starting without a slot");
+            log::warn!("{who}: fail-open: agent unreachable ({reason}); starting without a slot");
+        }
+        WaitOutcome::Refused(reason) => {
+            if !conf.success_on_connection_timeout {
+                return Err(PluginError::AgentRefused(reason));
+            }
+            log::warn!("{who}: fail-open: agent refused ({reason}); starting without a slot");
         }
         WaitOutcome::DeadlinePassed { last_error } => {
-            if !conf.success_on_connection_timeout {
+            if conf.on_deadline == OnDeadline::Retry {
                 return Err(PluginError::DeadlineExceeded { waited_ms });
             }
             let why = last_error
@@ -110,7 +118,21 @@ fn add(get_env: &dyn Fn(&str) -> Option<OsString>, stdin: &[u8]) -> Result<Strin
             );
         }
     }
-    Ok(prev_result)
+    Ok(output)
+}
+
+/// How long ago the agent last touched its heartbeat file, `None` if it never did.
+fn heartbeat_age(socket: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(heartbeat::path(socket))
+        .ok()?
+        .modified()
+        .ok()?;
+    // A heartbeat from the future (clock step) counts as fresh.
+    Some(
+        SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default(),
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -249,6 +271,15 @@ mod tests {
 
         let closed = stdin.replacen('{', r#"{"successOnConnectionTimeout":false,"#, 1);
         let err = run(&env(&vars), Ok(closed.into_bytes())).expect_err("fail-closed");
+        assert_eq!(err.code(), 11);
+
+        // A deadline of 0 passes at once; "retry" turns it into CNI error 11.
+        let retry = stdin.replacen(
+            '{',
+            r#"{"maxWaitTimeInSeconds":0,"onDeadline":"retry","agentRestartGraceSeconds":0,"#,
+            1,
+        );
+        let err = run(&env(&vars), Ok(retry.into_bytes())).expect_err("retry");
         assert_eq!(err.code(), 11);
     }
 
