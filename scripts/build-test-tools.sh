@@ -6,6 +6,9 @@
 #
 #   fake-apiserver  tests/fake-apiserver  (standard library only)
 #   cnidriver       tests/cnidriver       (libcni, fetched through the Go module proxy)
+#   cni-plugins-<v> the reference bridge, host-local and loopback plugins at a pinned version, from
+#                   the Go module proxy: Debian's 1.1.1 speak CNI only up to 1.0.0, and the
+#                   conformance tests need 1.1.0 (STATUS, GC) too
 #
 # Static binaries (CGO_ENABLED=0). A binary newer than every source of its module (*.go, go.mod,
 # go.sum) and than this script is left alone, so running this again is cheap. Safe to run
@@ -77,3 +80,31 @@ build() {
 
 build fake-apiserver tests/fake-apiserver
 build cnidriver tests/cnidriver
+
+# build_reference_plugins: the reference plugins at one pinned version; skipped when present.
+reference_plugins_version="v1.10.0"
+build_reference_plugins() {
+  local dir="${out_dir}/cni-plugins-${reference_plugins_version}" plugins=(
+    github.com/containernetworking/plugins/plugins/main/bridge
+    github.com/containernetworking/plugins/plugins/ipam/host-local
+    github.com/containernetworking/plugins/plugins/main/loopback
+  )
+  if [[ -x "${dir}/bridge" && -x "${dir}/host-local" && -x "${dir}/loopback" ]]; then
+    say "reference CNI plugins ${reference_plugins_version} are up to date (${dir})"
+    return 0
+  fi
+  local staging="${dir}.tmp.$$"
+  rm -rf "${staging}"
+  mkdir -p "${staging}"
+  if ! GOBIN="${staging}" go install -trimpath -ldflags='-s -w' \
+    "${plugins[@]/%/@${reference_plugins_version}}" </dev/null; then
+    rm -rf "${staging}"
+    echo "build-test-tools: building the reference CNI plugins failed" >&2
+    return 1
+  fi
+  rm -rf "${dir}"
+  mv "${staging}" "${dir}"
+  say "built reference CNI plugins ${reference_plugins_version} (${dir})"
+}
+
+build_reference_plugins

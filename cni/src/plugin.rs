@@ -26,6 +26,7 @@ pub fn run(
         Some(value) => Command::parse(&value)?,
         None => return Err(PluginError::EnvMissing("CNI_COMMAND")),
     };
+    log::debug!("{command:?}");
     match command {
         // DEL succeeds whatever it is given: there is nothing of ours to clean up, and a failed
         // DEL makes the runtime retry and leaks the primary's resources meanwhile.
