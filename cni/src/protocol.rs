@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The plugin–agent socket protocol, version 1 (docs/protocol.md).
 //!
-//! Every line either side sends or receives is built and parsed here, into the typed [`Request`]
-//! and [`Reply`]. Nothing else in the workspace formats or splits protocol lines. This module does
-//! no I/O beyond reading one bounded line from a [`BufRead`].
+//! Every line either side sends or receives is built and parsed here, into the typed [`Request`],
+//! [`Reply`] (the answers to `PING` and `WAIT`) and [`StatusReply`] (the answer to `STATUS`), and
+//! the version line ([`version_line`], [`check_version`]). Nothing else in the workspace formats
+//! or splits protocol lines. This module does no I/O beyond reading one bounded line from a
+//! [`BufRead`].
 
 use std::fmt;
 use std::io::{self, BufRead, Read};
@@ -57,6 +59,8 @@ pub enum Request {
     Ping,
     /// Block until the pod may start its sandbox.
     Wait(WaitRequest),
+    /// What the agent holds and who waits: answered with [`StatusReply`] lines.
+    Status,
 }
 
 /// The pod a `WAIT` is for, and how long the plugin will wait.
@@ -103,13 +107,86 @@ pub enum GrantReason {
     Skip,
 }
 
+/// One line of the agent's answer to [`Request::Status`]: a `HOLDER` line per held slot and a
+/// `WAITER` line per queued pod, in queue order, then the final `STATUS` summary; or an `ERROR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusReply {
+    /// Not final: a pod that holds a slot.
+    Holder(HolderLine),
+    /// Not final: a pod in the queue.
+    Waiter(WaiterLine),
+    /// Final: the counts.
+    Summary(StatusSummary),
+    /// Final: the request failed.
+    Error { code: ErrorCode, message: String },
+}
+
+/// `HOLDER namespace=<ns> name=<name> [uid=<uid>] held_ms=<n>`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderLine {
+    pub namespace: Token,
+    pub name: Token,
+    pub uid: Option<Token>,
+    /// Milliseconds since the grant (or since the agent adopted the holder).
+    pub held_ms: u64,
+}
+
+/// `WAITER position=<n> namespace=<ns> name=<name> [uid=<uid>] priority=<i> waited_ms=<n>
+/// state=<state>`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterLine {
+    pub position: u32,
+    pub namespace: Token,
+    pub name: Token,
+    pub uid: Option<Token>,
+    /// `spec.priority` of the pod; 0 while the pod is unknown.
+    pub priority: i32,
+    /// Milliseconds since the agent first saw a request for this pod.
+    pub waited_ms: u64,
+    pub state: WaiterState,
+}
+
+/// Where a queued pod stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaiterState {
+    /// Connected and eligible for the next free slot at its position.
+    Queued,
+    /// Connected, but the agent has not seen the pod yet; it keeps its position meanwhile.
+    UnknownPod,
+    /// Waiting at the time of an agent restart and not reconnected yet: the pods behind it wait
+    /// for it for a short grace time.
+    Absent,
+}
+
+/// `STATUS holders=<n> limit=<n> waiting=<n> remembered=<n> [rate_tokens=<n> rate_burst=<n>]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusSummary {
+    pub holders: u32,
+    pub limit: u32,
+    /// Queued pods (the `WAITER` lines).
+    pub waiting: u32,
+    /// Pods whose client left the queue and whose position is kept for a retry.
+    pub remembered: u32,
+    /// Whole tokens in the rate-limit bucket, when a rate limit is set.
+    pub rate_tokens: Option<u32>,
+    /// The bucket's size, when a rate limit is set.
+    pub rate_burst: Option<u32>,
+}
+
 /// The error codes of an `ERROR` reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,
+    /// The agent serves too many connections; retry on a new connection later.
+    Busy,
     Internal,
     LineTooLong,
     ShuttingDown,
+    /// A newer WAIT for the same pod took this one's place in the queue.
+    Superseded,
+    /// The WAIT's `timeout_ms` passed before a slot was free; the pod keeps its place for a
+    /// retry.
+    Timeout,
     UnsupportedVersion,
     /// A code this version does not know (sent by a newer agent).
     Other(Token),
@@ -131,6 +208,7 @@ pub enum DecodeError {
     MissingNewline,
     NotUtf8,
     UnknownGrantReason(String),
+    UnknownState(String),
     UnknownVerb(String),
     ValueTooLong(usize),
     ControlChar,
@@ -154,6 +232,7 @@ impl fmt::Display for DecodeError {
             DecodeError::MissingNewline => f.write_str("connection closed inside a line"),
             DecodeError::NotUtf8 => f.write_str("line is not UTF-8"),
             DecodeError::UnknownGrantReason(r) => write!(f, "unknown grant reason {r:?}"),
+            DecodeError::UnknownState(s) => write!(f, "unknown waiter state {s:?}"),
             DecodeError::UnknownVerb(v) => write!(f, "unknown verb {v:?}"),
             DecodeError::ValueTooLong(n) => {
                 write!(f, "value of {n} bytes is longer than {MAX_VALUE_BYTES}")
@@ -175,7 +254,8 @@ impl std::error::Error for DecodeError {
 /// Reads one line of at most [`MAX_LINE_BYTES`] and returns it without its `\n`.
 ///
 /// `Ok(None)` means the peer closed the connection cleanly between lines. The line is not
-/// decoded; pass it to [`Request::decode`], [`Reply::decode`] or [`check_version`].
+/// decoded; pass it to [`Request::decode`], [`Reply::decode`], [`StatusReply::decode`] or
+/// [`check_version`].
 pub fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, DecodeError> {
     let mut buf = Vec::with_capacity(128);
     // One byte more than the limit, to tell "exactly at the limit" from "too long".
@@ -205,6 +285,11 @@ pub fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, DecodeErro
     Ok(Some(line))
 }
 
+/// The version line as sent, with its `\n`.
+pub fn version_line() -> String {
+    format!("{VERSION_LINE}\n")
+}
+
 /// Whether `line` is the version line of a version this side speaks.
 pub fn check_version(line: &str) -> bool {
     line == VERSION_LINE
@@ -215,6 +300,7 @@ impl Request {
     pub fn encode(&self) -> String {
         match self {
             Request::Ping => "PING\n".to_owned(),
+            Request::Status => "STATUS\n".to_owned(),
             Request::Wait(wait) => {
                 let mut line = format!("WAIT namespace={} name={}", wait.namespace, wait.name);
                 if let Some(uid) = &wait.uid {
@@ -234,6 +320,7 @@ impl Request {
         let (verb, fields) = split_verb(line)?;
         match verb {
             "PING" => Ok(Request::Ping),
+            "STATUS" => Ok(Request::Status),
             "WAIT" => {
                 let fields = Fields::parse(fields, false)?;
                 Ok(Request::Wait(WaitRequest {
@@ -253,18 +340,7 @@ impl Reply {
     /// stripped of control characters.
     pub fn encode(&self) -> String {
         match self {
-            Reply::Error { code, message } => {
-                let mut line = format!("ERROR code={} msg=", code.as_str());
-                for c in message.chars().filter(|c| !c.is_control()) {
-                    // Keep one byte for the '\n'.
-                    if line.len() + c.len_utf8() > MAX_LINE_BYTES - 1 {
-                        break;
-                    }
-                    line.push(c);
-                }
-                line.push('\n');
-                line
-            }
+            Reply::Error { code, message } => encode_error(code, message),
             Reply::Granted { reason } => format!("GRANTED reason={}\n", reason.as_str()),
             Reply::Pong => "PONG\n".to_owned(),
             Reply::Queued {
@@ -280,12 +356,8 @@ impl Reply {
         let (verb, fields) = split_verb(line)?;
         match verb {
             "ERROR" => {
-                let fields = Fields::parse(fields, true)?;
-                let code = fields.required_token("code")?;
-                Ok(Reply::Error {
-                    code: ErrorCode::from_token(code),
-                    message: fields.message.unwrap_or_default(),
-                })
+                let (code, message) = decode_error(fields)?;
+                Ok(Reply::Error { code, message })
             }
             "GRANTED" => {
                 let fields = Fields::parse(fields, false)?;
@@ -311,6 +383,147 @@ impl Reply {
     }
 }
 
+impl StatusReply {
+    /// The line, with its `\n`.
+    pub fn encode(&self) -> String {
+        match self {
+            StatusReply::Holder(h) => {
+                let mut line = format!("HOLDER namespace={} name={}", h.namespace, h.name);
+                if let Some(uid) = &h.uid {
+                    line.push_str(&format!(" uid={uid}"));
+                }
+                line.push_str(&format!(" held_ms={}\n", h.held_ms));
+                line
+            }
+            StatusReply::Waiter(w) => {
+                let mut line = format!(
+                    "WAITER position={} namespace={} name={}",
+                    w.position, w.namespace, w.name
+                );
+                if let Some(uid) = &w.uid {
+                    line.push_str(&format!(" uid={uid}"));
+                }
+                line.push_str(&format!(
+                    " priority={} waited_ms={} state={}\n",
+                    w.priority,
+                    w.waited_ms,
+                    w.state.as_str()
+                ));
+                line
+            }
+            StatusReply::Summary(s) => {
+                let mut line = format!(
+                    "STATUS holders={} limit={} waiting={} remembered={}",
+                    s.holders, s.limit, s.waiting, s.remembered
+                );
+                if let Some(tokens) = s.rate_tokens {
+                    line.push_str(&format!(" rate_tokens={tokens}"));
+                }
+                if let Some(burst) = s.rate_burst {
+                    line.push_str(&format!(" rate_burst={burst}"));
+                }
+                line.push('\n');
+                line
+            }
+            StatusReply::Error { code, message } => encode_error(code, message),
+        }
+    }
+
+    /// Parses a line read by [`read_line`].
+    pub fn decode(line: &str) -> Result<Self, DecodeError> {
+        let (verb, fields) = split_verb(line)?;
+        match verb {
+            "HOLDER" => {
+                let fields = Fields::parse(fields, false)?;
+                Ok(StatusReply::Holder(HolderLine {
+                    namespace: fields.required_token("namespace")?,
+                    name: fields.required_token("name")?,
+                    uid: fields.token("uid")?,
+                    held_ms: fields.required_number("held_ms")?,
+                }))
+            }
+            "WAITER" => {
+                let fields = Fields::parse(fields, false)?;
+                let state = fields.required_token("state")?;
+                Ok(StatusReply::Waiter(WaiterLine {
+                    position: fields.required_number("position")?,
+                    namespace: fields.required_token("namespace")?,
+                    name: fields.required_token("name")?,
+                    uid: fields.token("uid")?,
+                    priority: fields.required_signed("priority")?,
+                    waited_ms: fields.required_number("waited_ms")?,
+                    state: WaiterState::from_str(state.as_str())
+                        .ok_or_else(|| DecodeError::UnknownState(state.as_str().to_owned()))?,
+                }))
+            }
+            "STATUS" => {
+                let fields = Fields::parse(fields, false)?;
+                Ok(StatusReply::Summary(StatusSummary {
+                    holders: fields.required_number("holders")?,
+                    limit: fields.required_number("limit")?,
+                    waiting: fields.required_number("waiting")?,
+                    remembered: fields.required_number("remembered")?,
+                    rate_tokens: fields.number("rate_tokens")?,
+                    rate_burst: fields.number("rate_burst")?,
+                }))
+            }
+            "ERROR" => {
+                let (code, message) = decode_error(fields)?;
+                Ok(StatusReply::Error { code, message })
+            }
+            other => Err(DecodeError::UnknownVerb(other.to_owned())),
+        }
+    }
+
+    /// Whether the answer ends after this line.
+    pub fn is_final(&self) -> bool {
+        matches!(self, StatusReply::Summary(_) | StatusReply::Error { .. })
+    }
+}
+
+impl WaiterState {
+    fn as_str(self) -> &'static str {
+        match self {
+            WaiterState::Queued => "queued",
+            WaiterState::UnknownPod => "unknown-pod",
+            WaiterState::Absent => "absent",
+        }
+    }
+
+    fn from_str(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(WaiterState::Queued),
+            "unknown-pod" => Some(WaiterState::UnknownPod),
+            "absent" => Some(WaiterState::Absent),
+            _ => None,
+        }
+    }
+}
+
+/// `ERROR code=<code> msg=<text>`, the message cut to fit the line limit and stripped of control
+/// characters.
+fn encode_error(code: &ErrorCode, message: &str) -> String {
+    let mut line = format!("ERROR code={} msg=", code.as_str());
+    for c in message.chars().filter(|c| !c.is_control()) {
+        // Keep one byte for the '\n'.
+        if line.len() + c.len_utf8() > MAX_LINE_BYTES - 1 {
+            break;
+        }
+        line.push(c);
+    }
+    line.push('\n');
+    line
+}
+
+fn decode_error(fields: &str) -> Result<(ErrorCode, String), DecodeError> {
+    let fields = Fields::parse(fields, true)?;
+    let code = fields.required_token("code")?;
+    Ok((
+        ErrorCode::from_token(code),
+        fields.message.unwrap_or_default(),
+    ))
+}
+
 impl GrantReason {
     fn as_str(self) -> &'static str {
         match self {
@@ -324,9 +537,12 @@ impl ErrorCode {
     fn as_str(&self) -> &str {
         match self {
             ErrorCode::BadRequest => "bad-request",
+            ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::LineTooLong => "line-too-long",
             ErrorCode::ShuttingDown => "shutting-down",
+            ErrorCode::Superseded => "superseded",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::UnsupportedVersion => "unsupported-version",
             ErrorCode::Other(token) => token.as_str(),
         }
@@ -335,9 +551,12 @@ impl ErrorCode {
     fn from_token(token: Token) -> Self {
         match token.as_str() {
             "bad-request" => ErrorCode::BadRequest,
+            "busy" => ErrorCode::Busy,
             "internal" => ErrorCode::Internal,
             "line-too-long" => ErrorCode::LineTooLong,
             "shutting-down" => ErrorCode::ShuttingDown,
+            "superseded" => ErrorCode::Superseded,
+            "timeout" => ErrorCode::Timeout,
             "unsupported-version" => ErrorCode::UnsupportedVersion,
             _ => ErrorCode::Other(token),
         }
@@ -431,6 +650,20 @@ impl<'a> Fields<'a> {
     fn required_number<N: std::str::FromStr>(&self, key: &'static str) -> Result<N, DecodeError> {
         self.number(key)?.ok_or(DecodeError::MissingField(key))
     }
+
+    /// A whole number with an optional leading `-`.
+    fn required_signed(&self, key: &'static str) -> Result<i32, DecodeError> {
+        let value = self.raw(key).ok_or(DecodeError::MissingField(key))?;
+        let digits = value.strip_prefix('-').unwrap_or(value);
+        let bad = || DecodeError::BadNumber {
+            key,
+            value: value.to_owned(),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        value.parse().map_err(|_| bad())
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +731,200 @@ mod tests {
             },
         ] {
             assert_eq!(decode_line(&reply.encode(), Reply::decode), reply);
+        }
+    }
+
+    #[test]
+    fn status_lines_round_trip() {
+        let holder = |uid: Option<&str>| {
+            StatusReply::Holder(HolderLine {
+                namespace: token("shop"),
+                name: token("cart-0"),
+                uid: uid.map(token),
+                held_ms: 1234,
+            })
+        };
+        let waiter = |priority: i32, state: WaiterState| {
+            StatusReply::Waiter(WaiterLine {
+                position: 7,
+                namespace: token("shop"),
+                name: token("cart-1"),
+                uid: Some(token("u-1")),
+                priority,
+                waited_ms: 0,
+                state,
+            })
+        };
+        for line in [
+            holder(Some("u-0")),
+            holder(None),
+            waiter(0, WaiterState::Queued),
+            waiter(-2_147_483_648, WaiterState::UnknownPod),
+            waiter(1_000_000_000, WaiterState::Absent),
+            StatusReply::Summary(StatusSummary {
+                holders: 3,
+                limit: 2,
+                waiting: 10,
+                remembered: 1,
+                rate_tokens: None,
+                rate_burst: None,
+            }),
+            StatusReply::Summary(StatusSummary {
+                holders: 0,
+                limit: 5,
+                waiting: 0,
+                remembered: 0,
+                rate_tokens: Some(0),
+                rate_burst: Some(4),
+            }),
+            StatusReply::Error {
+                code: ErrorCode::Busy,
+                message: "too many".to_owned(),
+            },
+        ] {
+            assert_eq!(decode_line(&line.encode(), StatusReply::decode), line);
+        }
+        assert_eq!(
+            decode_line(&Request::Status.encode(), Request::decode),
+            Request::Status
+        );
+        assert_eq!(version_line(), "pod-pacemaker/1\n");
+        assert!(check_version(version_line().trim_end()));
+    }
+
+    #[test]
+    fn every_error_code_round_trips() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Busy,
+            ErrorCode::Internal,
+            ErrorCode::LineTooLong,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Superseded,
+            ErrorCode::Timeout,
+            ErrorCode::UnsupportedVersion,
+        ] {
+            let reply = Reply::Error {
+                code: code.clone(),
+                message: format!("about {code}"),
+            };
+            assert_eq!(decode_line(&reply.encode(), Reply::decode), reply);
+            // A known code never decodes as `Other`.
+            assert!(!matches!(
+                decode_line(&reply.encode(), Reply::decode),
+                Reply::Error {
+                    code: ErrorCode::Other(_),
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn malformed_status_lines_are_rejected() {
+        for line in [
+            "WAITER position=1 namespace=a name=b priority=+1 waited_ms=0 state=queued",
+            "WAITER position=1 namespace=a name=b priority=- waited_ms=0 state=queued",
+            "WAITER position=1 namespace=a name=b priority=99999999999 waited_ms=0 state=queued",
+            "WAITER position=1 namespace=a name=b priority=1 waited_ms=0 state=sleeping",
+            "WAITER position=1 namespace=a name=b priority=1 waited_ms=0",
+            "HOLDER namespace=a name=b",
+            "STATUS holders=1 limit=1 waiting=0",
+            "GRANTED reason=slot",
+        ] {
+            assert!(StatusReply::decode(line).is_err(), "{line}");
+        }
+        // A WAIT client never takes status lines for replies.
+        assert!(Reply::decode("STATUS holders=1 limit=1 waiting=0 remembered=0").is_err());
+    }
+
+    /// A small deterministic PRNG (xorshift64*), so the randomized test needs no crate and every
+    /// failure names a seed that reproduces it.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn index(&mut self, len: usize) -> usize {
+            let len = u64::try_from(len).expect("small length");
+            usize::try_from(self.below(len)).expect("below a usize")
+        }
+
+        fn u32(&mut self) -> u32 {
+            u32::try_from(self.next() >> 32).expect("32 bits")
+        }
+
+        fn i32(&mut self) -> i32 {
+            i32::from_le_bytes(self.u32().to_le_bytes())
+        }
+
+        fn token(&mut self) -> Token {
+            const CHARS: &[u8] =
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/-";
+            let len = 1 + self.index(MAX_VALUE_BYTES);
+            let value: String = (0..len)
+                .map(|_| char::from(CHARS[self.index(CHARS.len())]))
+                .collect();
+            Token::new(&value).expect("generated token is valid")
+        }
+
+        fn maybe_token(&mut self) -> Option<Token> {
+            (self.below(2) == 0).then(|| self.token())
+        }
+    }
+
+    #[test]
+    fn random_lines_round_trip_through_the_bounded_reader() {
+        for seed in 1..=300_u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let request = match rng.below(3) {
+                0 => Request::Ping,
+                1 => Request::Status,
+                _ => Request::Wait(WaitRequest {
+                    namespace: rng.token(),
+                    name: rng.token(),
+                    uid: rng.maybe_token(),
+                    timeout_ms: (rng.below(2) == 0).then(|| rng.next()),
+                }),
+            };
+            let waiter = StatusReply::Waiter(WaiterLine {
+                position: rng.u32(),
+                namespace: rng.token(),
+                name: rng.token(),
+                uid: rng.maybe_token(),
+                priority: rng.i32(),
+                waited_ms: rng.next(),
+                state: [
+                    WaiterState::Queued,
+                    WaiterState::UnknownPod,
+                    WaiterState::Absent,
+                ][rng.index(3)],
+            });
+            let reply = Reply::Queued {
+                position: rng.u32(),
+                holders: rng.u32(),
+                limit: rng.u32(),
+            };
+            // Every encoded line fits the limit and reads back through `read_line` unchanged.
+            let wire = [request.encode(), waiter.encode(), reply.encode()].concat();
+            let mut input = wire.as_bytes();
+            let mut next = || {
+                read_line(&mut input)
+                    .expect("fits the limit")
+                    .expect("a line")
+            };
+            assert_eq!(Request::decode(&next()).expect("request"), request, "seed {seed}");
+            assert_eq!(StatusReply::decode(&next()).expect("status"), waiter, "seed {seed}");
+            assert_eq!(Reply::decode(&next()).expect("reply"), reply, "seed {seed}");
         }
     }
 
