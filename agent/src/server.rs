@@ -277,6 +277,10 @@ fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedM
             let _ = write_reply(stream, &Reply::Pong);
         }
         Request::Wait(wait) => serve_wait(stream, conn, wait, scheduler),
+        // TODO(#6): answer from the scheduler (next commit).
+        Request::Status => {
+            let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
+        }
     }
 }
 
