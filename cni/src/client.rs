@@ -245,12 +245,27 @@ mod tests {
         }
     }
 
-    fn temp_socket(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ppm-client-{}-{name}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
-        path
+    /// A socket path in a directory of its own, removed with everything in it on drop.
+    struct TempSocket(PathBuf);
+
+    impl TempSocket {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("ppm-client-{}-{name}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::remove_file(dir.join("s.sock"));
+            Self(dir)
+        }
+
+        fn path(&self) -> PathBuf {
+            self.0.join("s.sock")
+        }
+    }
+
+    impl Drop for TempSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     /// A one-connection agent that answers with `replies` after reading two lines.
@@ -289,7 +304,8 @@ mod tests {
 
     #[test]
     fn restarting_agent_is_waited_for_until_connect_until() {
-        let path = temp_socket("restart");
+        let dir = TempSocket::new("restart");
+        let path = dir.path();
         let later = path.clone();
         let agent = thread::spawn(move || {
             thread::sleep(Duration::from_millis(400));
@@ -308,7 +324,8 @@ mod tests {
 
     #[test]
     fn grant_after_queueing() {
-        let path = temp_socket("grant");
+        let dir = TempSocket::new("grant");
+        let path = dir.path();
         let agent = fake_agent(
             &path,
             "pod-pacemaker/1\nQUEUED position=1 holders=2 limit=2\nGRANTED reason=slot\n",
@@ -327,7 +344,8 @@ mod tests {
 
     #[test]
     fn garbage_reply_is_refused_not_granted() {
-        let path = temp_socket("garbage");
+        let dir = TempSocket::new("garbage");
+        let path = dir.path();
         let _agent = fake_agent(&path, "pod-pacemaker/1\nGRANTED-ISH yes\n");
         let outcome = wait_for_slot(
             &path,
@@ -340,7 +358,8 @@ mod tests {
 
     #[test]
     fn silent_agent_hits_the_deadline() {
-        let path = temp_socket("silent");
+        let dir = TempSocket::new("silent");
+        let path = dir.path();
         let _agent = fake_agent(&path, "pod-pacemaker/1\n");
         let start = Instant::now();
         let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_millis(150));
