@@ -19,7 +19,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 pods=8
 limit=2
-warmup_mb=128
+warmup_mb=512
 max_wait=120
 timeout=""
 usage() {
@@ -80,7 +80,7 @@ for name in "${names[@]}"; do
   simnode_pod_create "${name}"
 done
 
-echo "== firing ${pods} CNI ADDs at once; kubelet warm-up ${warmup_mb} MiB of sha256 per pod"
+echo "== firing ${pods} CNI ADDs at once; each pod then warms up (sha256 of ${warmup_mb} MiB, standing in for a JVM start) and is marked Ready"
 t0="$(simnode_now)"
 for name in "${names[@]}"; do
   simnode_pod_start "${name}"
