@@ -53,6 +53,9 @@ SERVICE_IP="10.96.0.1"
 API_PORT=6443
 CGROUP_ROOT="ppm-realnode"
 CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event rdma misc)
+# On a hybrid host runc and the kubelet also create the same paths in the cgroup2 hierarchy mounted
+# at /sys/fs/cgroup/unified: not made by us, but removed by down like the rest.
+CGROUP_EXTRA=(unified)
 MARKER=".pod-pacemaker-realnode"
 
 T_START="$(date +%s.%N)"
@@ -75,16 +78,27 @@ check_state_path() {
   [[ "${STATE}" == /* ]] || die "REALNODE_DIR must be absolute: ${STATE}"
 }
 
+# A pid file holds "PID STARTTIME" (field 22 of /proc/PID/stat), so that a pid reused after a
+# reboot or a crash is never mistaken for ours.
 pidfile() { echo "${STATE}/pids/$1"; }
-# running PID: the process exists and is not a zombie (our daemons are reparented to PID 1, which
-# may reap them a while after they exit).
+starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+record_pid() { echo "$2 $(starttime "$2")" >"$(pidfile "$1")"; }
+pid_of() { awk '{print $1}' "$(pidfile "$1")" 2>/dev/null; }
+# running PID [STARTTIME]: the process exists, is not a zombie (our daemons are reparented to PID 1,
+# which may reap them a while after they exit) and, when given, started when we recorded.
 running() {
   local st
-  st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-  [[ -n "${st}" && "${st}" != Z && "${st}" != X ]]
+  st="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}')" || return 1
+  [[ -n "${st}" && "${st}" != Z && "${st}" != X ]] || return 1
+  [[ -z "${2:-}" || "$(starttime "$1")" == "$2" ]]
 }
-alive() { local p; p="$(cat "$(pidfile "$1")" 2>/dev/null)" && [[ -n "${p}" ]] && running "${p}"; }
-holder_pid() { cat "$(pidfile holder)" 2>/dev/null; }
+# alive NAME: the process recorded under NAME is still the one we started, and runs.
+alive() {
+  local p t
+  read -r p t 2>/dev/null <"$(pidfile "$1")" || return 1
+  [[ -n "${p}" ]] && running "${p}" "${t:-}"
+}
+holder_pid() { pid_of holder; }
 
 # in_node CMD...: run a command in the node's netns (host mount namespace, so host paths work).
 in_node() { nsenter --net="/run/netns/${NETNS}" -- "$@"; }
@@ -96,7 +110,7 @@ start() {
   local name="$1"
   shift
   nohup nsenter -t "$(holder_pid)" --net --mount -- "$@" >"${STATE}/logs/${name}.log" 2>&1 </dev/null &
-  echo $! >"$(pidfile "${name}")"
+  record_pid "${name}" $!
   log "started ${name} (pid $!)"
 }
 
@@ -306,9 +320,9 @@ EOF
 }
 
 # --- cgroups -----------------------------------------------------------------------------------
-cgroup_dirs() { # the v1 hierarchies that exist here, each with our root under it
+cgroup_dirs() { # the hierarchies that exist here, each with our root under it
   local c
-  for c in "${CGROUP_CONTROLLERS[@]}"; do
+  for c in "${CGROUP_CONTROLLERS[@]}" "${CGROUP_EXTRA[@]}"; do
     [[ -d "/sys/fs/cgroup/${c}" ]] && echo "/sys/fs/cgroup/${c}/${CGROUP_ROOT}"
   done
   return 0
@@ -318,6 +332,7 @@ make_cgroups() {
   local d
   [[ "$(stat -fc %T /sys/fs/cgroup)" != "cgroup2fs" ]] || die "this script is written for a cgroup v1 host"
   for d in $(cgroup_dirs); do
+    [[ "${d}" != /sys/fs/cgroup/unified/* ]] || continue
     mkdir -p "${d}"
     if [[ "${d}" == /sys/fs/cgroup/cpuset/* ]]; then
       cat /sys/fs/cgroup/cpuset/cpuset.cpus >"${d}/cpuset.cpus"
@@ -371,7 +386,10 @@ cmd_up() {
   fi
   [[ ! -e "${STATE}" ]] || [[ -z "$(ls -A "${STATE}")" ]] || die "${STATE} exists and is not ours"
   ! ip netns list | grep -qw "^${NETNS}" || die "netns ${NETNS} already exists (another real node?)"
-  [[ ! -d "/sys/fs/cgroup/cpu/${CGROUP_ROOT}" ]] || die "cgroup /${CGROUP_ROOT} already exists (another real node?)"
+  local d
+  for d in $(cgroup_dirs); do
+    [[ ! -d "${d}" ]] || die "cgroup ${d} already exists (another real node? 'down' cleans a stale one)"
+  done
 
   "${here}/realnode/build.sh" kubectl etcd kube-apiserver kube-controller-manager kube-scheduler kubelet crictl
   local c
@@ -410,7 +428,7 @@ cmd_up() {
     mount --bind '${STATE}/resolv.conf' /etc/resolv.conf
     touch '${STATE}/holder.ready'
     exec sleep infinity" >"${STATE}/logs/holder.log" 2>&1 </dev/null &
-  echo $! >"$(pidfile holder)"
+  record_pid holder $!
   wait_for "mount namespace" 10 test -e "${STATE}/holder.ready"
 
   local pki="${STATE}/pki"
@@ -541,13 +559,13 @@ cmd_pacemaker() {
 }
 
 kill_pid_of() { # kill_pid_of NAME: SIGTERM the recorded pid, wait up to 10s, then SIGKILL
-  local name="$1" pid
-  pid="$(cat "$(pidfile "${name}")" 2>/dev/null)" || return 0
+  local name="$1" pid t
+  read -r pid t 2>/dev/null <"$(pidfile "${name}")" || return 0
   [[ -n "${pid}" ]] || return 0
-  if running "${pid}"; then
+  if running "${pid}" "${t:-}"; then
     kill -TERM "${pid}" 2>/dev/null || true
-    for _ in $(seq 1 100); do running "${pid}" || break; sleep 0.1; done
-    if running "${pid}"; then
+    for _ in $(seq 1 100); do running "${pid}" "${t:-}" || break; sleep 0.1; done
+    if running "${pid}" "${t:-}"; then
       log "${name} (pid ${pid}) ignored SIGTERM: SIGKILL"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
@@ -573,17 +591,19 @@ cmd_down() {
       --timeout 20s rmp --all --force >/dev/null 2>&1 || log "crictl rmp did not finish: killing what is left"
   fi
   kill_pid_of containerd
-  # Shims left behind (they outlive containerd by design), by the pid each one recorded.
+  # Containers left behind (our cgroup subtree), then their shims, which outlive containerd by
+  # design. containerd 1.6 records no shim pid; a shim of ours is one whose command line names our
+  # containerd's socket, which is a path under our state dir.
+  kill_cgroup_procs
   local f pid
-  for f in "${STATE}"/containerd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do
-    [[ -f "${f}" ]] || continue
-    pid="$(cat "${f}")"
-    if [[ -n "${pid}" ]] && running "${pid}" && grep -q containerd-shim "/proc/${pid}/cmdline" 2>/dev/null; then
+  for f in /proc/[0-9]*/cmdline; do
+    pid="${f#/proc/}"
+    pid="${pid%/cmdline}"
+    if tr '\0' ' ' <"${f}" 2>/dev/null | grep -qE "^[^ ]*containerd-shim[^ ]* .*-address ${STATE}/containerd/containerd.sock( |$)"; then
       log "killing shim pid ${pid}"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
   done
-  kill_cgroup_procs
   kill_pid_of kube-scheduler
   kill_pid_of kube-controller-manager
   kill_pid_of kube-apiserver
@@ -631,9 +651,9 @@ cmd_status() {
   for name in holder etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet agent; do
     [[ -f "$(pidfile "${name}")" ]] || continue
     if alive "${name}"; then
-      printf '%-24s running pid %s\n' "${name}" "$(cat "$(pidfile "${name}")")"
+      printf '%-24s running pid %s\n' "${name}" "$(pid_of "${name}")"
     else
-      printf '%-24s DEAD (pid %s)\n' "${name}" "$(cat "$(pidfile "${name}")")"
+      printf '%-24s DEAD (pid %s)\n' "${name}" "$(pid_of "${name}")"
       rc=1
     fi
   done
