@@ -24,12 +24,21 @@ pub struct Config {
     pub api_server: String,
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
+    /// `--kubeconfig`: the server, CA and token come from this file; `api_server` is then empty
+    /// and `token_file` and `ca_file` are unused.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--watch-silence-seconds`: a pod watch that delivers nothing for this long is reopened.
+    pub watch_silence: Duration,
+    /// `--pod-cache-file`: where the watch loop writes its view of the node's pods.
+    pub pod_cache_file: Option<PathBuf>,
     pub lease: Duration,
     pub log_level: LevelFilter,
 }
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Built once at start and moved into `main`; boxing the config would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Run(Config),
     Help,
@@ -43,6 +52,8 @@ pub enum ConfigError {
         value: String,
         problem: &'static str,
     },
+    /// Two flags that exclude each other.
+    Conflict(&'static str, &'static str),
     DuplicateFlag(&'static str),
     MissingApiServer,
     MissingNodeName,
@@ -60,6 +71,7 @@ impl fmt::Display for ConfigError {
                 value,
                 problem,
             } => write!(f, "{flag} {value:?}: {problem}"),
+            ConfigError::Conflict(a, b) => write!(f, "{a} and {b} cannot be given together"),
             ConfigError::DuplicateFlag(flag) => write!(f, "{flag} given twice"),
             ConfigError::MissingApiServer => f.write_str(
                 "--api-server not given and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT not set",
@@ -94,6 +106,13 @@ options:
                        (default: /var/run/secrets/kubernetes.io/serviceaccount/token)
   --ca-file PATH       the only CA trusted for the API server
                        (default: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+  --kubeconfig PATH    take the API server, its CA and a bearer token (token or tokenFile)
+                       from this kubeconfig instead of the three options above
+  --watch-silence-seconds N
+                       reopen a pod watch that sends nothing, not even a bookmark, for this
+                       long, 1 to 3600 (default: 90)
+  --pod-cache-file PATH
+                       write the agent's view of the node's pods to PATH as JSON (debugging)
   --lease-seconds N    release a slot at the latest this long after the grant (default: 300)
   --log-level LEVEL    error, warn, info, debug or trace (default: info)
   --help               print this text
@@ -102,6 +121,10 @@ options:
 const DEFAULT_SOCKET: &str = "/var/run/pod-pacemaker/pod-pacemaker.sock";
 const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// The API server sends a bookmark about once a minute on a quiet watch (k8s.io/apiserver cacher,
+/// `defaultBookmarkFrequency`); 90 s of nothing at all means the stream is dead.
+const DEFAULT_WATCH_SILENCE_SECONDS: u64 = 90;
+const MAX_WATCH_SILENCE_SECONDS: u64 = 3_600;
 const DEFAULT_MAX_CONCURRENT: u32 = 2;
 const DEFAULT_LEASE_SECONDS: u64 = 300;
 /// Upper bounds that catch typos (an extra zero or two) rather than encode a policy.
@@ -157,8 +180,21 @@ pub fn parse(
             None => return Err(ConfigError::MissingNodeName),
         },
     };
+    let kubeconfig = optional_path("--kubeconfig", raw.kubeconfig.take())?;
+    if kubeconfig.is_some() {
+        let given = [
+            ("--api-server", raw.api_server.is_some()),
+            ("--token-file", raw.token_file.is_some()),
+            ("--ca-file", raw.ca_file.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::Conflict("--kubeconfig", flag));
+        }
+    }
     let api_server = match raw.api_server.take() {
         Some(url) => check_api_server(url)?,
+        // The kubeconfig names the server.
+        None if kubeconfig.is_some() => String::new(),
         None => api_server_from_env(env)?,
     };
     Ok(Command::Run(Config {
@@ -173,6 +209,14 @@ pub fn parse(
         api_server,
         token_file: path_or("--token-file", raw.token_file.take(), DEFAULT_TOKEN_FILE)?,
         ca_file: path_or("--ca-file", raw.ca_file.take(), DEFAULT_CA_FILE)?,
+        kubeconfig,
+        watch_silence: Duration::from_secs(number_or(
+            "--watch-silence-seconds",
+            raw.watch_silence_seconds.take(),
+            DEFAULT_WATCH_SILENCE_SECONDS,
+            MAX_WATCH_SILENCE_SECONDS,
+        )?),
+        pod_cache_file: optional_path("--pod-cache-file", raw.pod_cache_file.take())?,
         lease: Duration::from_secs(number_or(
             "--lease-seconds",
             raw.lease_seconds.take(),
@@ -195,6 +239,9 @@ struct RawArgs {
     api_server: Option<String>,
     token_file: Option<String>,
     ca_file: Option<String>,
+    kubeconfig: Option<String>,
+    watch_silence_seconds: Option<String>,
+    pod_cache_file: Option<String>,
     lease_seconds: Option<String>,
     log_level: Option<String>,
 }
@@ -209,6 +256,11 @@ impl RawArgs {
             "--api-server" => ("--api-server", &mut self.api_server),
             "--token-file" => ("--token-file", &mut self.token_file),
             "--ca-file" => ("--ca-file", &mut self.ca_file),
+            "--kubeconfig" => ("--kubeconfig", &mut self.kubeconfig),
+            "--watch-silence-seconds" => {
+                ("--watch-silence-seconds", &mut self.watch_silence_seconds)
+            }
+            "--pod-cache-file" => ("--pod-cache-file", &mut self.pod_cache_file),
             "--lease-seconds" => ("--lease-seconds", &mut self.lease_seconds),
             "--log-level" => ("--log-level", &mut self.log_level),
             other => return Err(ConfigError::UnknownFlag(other.to_owned())),
@@ -271,6 +323,14 @@ fn api_server_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<String, C
         host
     };
     check_api_server(format!("https://{host}:{port}"))
+}
+
+/// An optional path flag: absent is `None`, empty is an error.
+fn optional_path(
+    flag: &'static str,
+    value: Option<String>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    value.map(|v| path_or(flag, Some(v), "")).transpose()
 }
 
 fn path_or(
@@ -376,6 +436,9 @@ mod tests {
                 api_server: "https://10.96.0.1:443".to_owned(),
                 token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
                 ca_file: PathBuf::from(DEFAULT_CA_FILE),
+                kubeconfig: None,
+                watch_silence: Duration::from_secs(90),
+                pod_cache_file: None,
                 lease: Duration::from_secs(300),
                 log_level: LevelFilter::Info,
             }
@@ -412,6 +475,42 @@ mod tests {
         assert_eq!(config.ca_file, PathBuf::from("/tmp/ca.crt"));
         assert_eq!(config.lease, Duration::from_secs(60));
         assert_eq!(config.log_level, LevelFilter::Debug);
+    }
+
+    #[test]
+    fn kubeconfig_replaces_the_api_flags_and_the_cluster_environment() {
+        let config = run(
+            &[
+                "--node-name",
+                "n1",
+                "--kubeconfig",
+                "/etc/k/config",
+                "--watch-silence-seconds=3",
+                "--pod-cache-file",
+                "/tmp/pods.json",
+            ],
+            &[],
+        )
+        .expect("parses without KUBERNETES_SERVICE_HOST");
+        assert_eq!(config.kubeconfig, Some(PathBuf::from("/etc/k/config")));
+        assert_eq!(config.api_server, "");
+        assert_eq!(config.watch_silence, Duration::from_secs(3));
+        assert_eq!(config.pod_cache_file, Some(PathBuf::from("/tmp/pods.json")));
+        for flag in [
+            "--api-server=https://h:1",
+            "--token-file=/t",
+            "--ca-file=/c",
+        ] {
+            let err = run(&["--node-name", "n1", "--kubeconfig", "/k", flag], &[]).expect_err(flag);
+            assert!(
+                err.to_string().contains("cannot be given together"),
+                "{err}"
+            );
+        }
+        for bad in ["0", "3601", "x"] {
+            let arg = format!("--watch-silence-seconds={bad}");
+            assert!(run(&["--node-name", "n1", &arg], CLUSTER).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -112,8 +112,9 @@ fn run(config: &Config) -> Result<(), AgentError> {
         });
     })?;
     let watch_tx = sched_tx.clone();
+    let cache_file = config.pod_cache_file.clone();
     spawn("agent-watch", move || {
-        kube::run(&client, &mut |event| {
+        kube::run(&client, cache_file, &mut |event| {
             watch_tx.send(SchedMsg::Kube(event)).is_ok()
         });
     })?;

@@ -1,18 +1,40 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Keeps the scheduler's view of this node's pods current: list, then watch, forever.
 //!
-//! [`run`] is the body of the `agent-watch` thread. It lists the node's pods, sends the snapshot
-//! as [`KubeEvent::Resynced`], then watches from the list's resource version and sends each change.
-//! A watch that ends cleanly is resumed from the last version; an expired version (410) or a
-//! broken stream leads to a relist, and the scheduler derives deletions from the new snapshot
-//! (there are no tombstones to mishandle, FIELD.md W7). Every failure is logged and retried with
-//! a capped backoff; this loop never exits while the scheduler listens.
+//! [`run`] is the body of the `agent-watch` thread. It lists the node's pods (in pages), sends the
+//! snapshot as [`KubeEvent::Resynced`], then watches from the list's resource version with
+//! bookmarks and sends each change. Which failure leads where (docs/kube-client.md has the table):
 //!
-//! Submodules: `client` (HTTPS transport), `watch` (decoding), `model` (the Pod API slice).
+//! - the server ends the watch (its `timeoutSeconds`) or the connection breaks: watch again from
+//!   the last resource version seen (event or bookmark); nothing is missed, nothing relisted;
+//! - 410 Gone (the version was compacted away): relist at once. The scheduler replaces its cache
+//!   with the list, which is how deletions during the gap are found (there are no tombstones to
+//!   mishandle, FIELD.md W7 and log entry 15); this loop logs what the relist changed;
+//! - a watch that delivers no byte for the silence bound is dead (half-open after an API server
+//!   restart): it is dropped and reopened from the last version;
+//! - any other failure (connect, TLS, 401, 429, 5xx, a broken event): wait out a capped, jittered
+//!   backoff, or the server's `Retry-After` when that is longer, then try again. An event that
+//!   cannot be decoded at all forces a relist, because watching again would meet it again.
+//!
+//! Every failure is logged and retried; this loop returns only when the scheduler is gone.
+//!
+//! Submodules: `access` (server, CA, token), `kubeconfig`, `client` (HTTPS transport), `watch`
+//! (decoding), `model` (the Pod API slice), `cache` (the loop's record of the pods), `backoff`,
+//! `writes` (Node patches and Events).
 
+mod access;
+mod backoff;
+mod cache;
 mod client;
+mod kubeconfig;
 pub mod model;
 pub mod watch;
+// The Node and Event writes are for the agent's next features (docs/kube-client.md).
+#[allow(dead_code)]
+pub mod writes;
+
+#[cfg(test)]
+mod testserver;
 
 use std::fmt;
 use std::io;
@@ -22,8 +44,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
+use backoff::Backoff;
+use cache::PodCache;
 pub use client::KubeClient;
-use watch::StreamEnd;
+use watch::{StreamEnd, WatchEvent};
 
 use crate::pod::PodInfo;
 
@@ -41,14 +65,21 @@ pub enum KubeEvent {
 /// Why a call to the API server failed.
 #[derive(Debug)]
 pub enum KubeError {
-    /// The CA file holds no usable certificate.
-    BadCa { path: PathBuf, problem: String },
-    /// The token file is empty or holds characters a header cannot carry.
-    BadToken { path: PathBuf },
+    /// The CA holds no usable certificate.
+    BadCa { origin: String, problem: String },
+    /// The token is empty, not UTF-8, or holds characters a header cannot carry.
+    BadToken { origin: String },
+    /// A write was refused with 409 Conflict every time it was tried.
+    Conflict { what: &'static str, attempts: u32 },
     /// A watch event did not decode.
     DecodeEvent(serde_json::Error),
     /// A pod list did not decode.
     DecodeList(serde_json::Error),
+    /// A response to a write or a get did not decode.
+    DecodeResponse {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     /// A watch event line is longer than the limit.
     EventTooLong { limit: usize },
     /// The API server answered with an unexpected status.
@@ -56,12 +87,16 @@ pub enum KubeError {
         what: &'static str,
         status: u16,
         message: String,
+        /// The `Retry-After` the server sent, in seconds form.
+        retry_after: Option<Duration>,
     },
+    /// The kubeconfig cannot be read or describes nothing the agent can use.
+    Kubeconfig { path: PathBuf, problem: String },
     /// A pod list has no `metadata.resourceVersion` to watch from.
     ListWithoutVersion,
     /// Reading the CA file failed.
     ReadCa { path: PathBuf, source: io::Error },
-    /// Reading the watch stream failed (connection lost, body timeout).
+    /// Reading a response body failed (connection lost, body timeout).
     ReadBody(io::Error),
     /// Reading the token file failed.
     ReadToken { path: PathBuf, source: io::Error },
@@ -72,6 +107,8 @@ pub enum KubeError {
     },
     /// The watch stream ended inside an event.
     TruncatedEvent,
+    /// The watch delivered nothing, not even a bookmark, for the silence bound.
+    WatchSilent,
     /// The watch sent an ERROR event other than 410.
     WatchStatus { code: u16, message: String },
 }
@@ -85,21 +122,37 @@ impl KubeError {
             KubeError::DecodeEvent(_) | KubeError::EventTooLong { .. }
         )
     }
+
+    /// The delay the server asked for (429, 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            KubeError::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the server refused the credentials (401).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, KubeError::HttpStatus { status: 401, .. })
+    }
 }
 
 impl fmt::Display for KubeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KubeError::BadCa { path, problem } => {
-                write!(f, "CA file {}: {problem}", path.display())
-            }
-            KubeError::BadToken { path } => write!(
+            KubeError::BadCa { origin, problem } => write!(f, "CA from {origin}: {problem}"),
+            KubeError::BadToken { origin } => write!(
                 f,
-                "token file {} is empty or not a valid header value",
-                path.display()
+                "token from {origin} is empty or not a valid header value"
             ),
+            KubeError::Conflict { what, attempts } => {
+                write!(f, "{what}: 409 Conflict on each of {attempts} attempts")
+            }
             KubeError::DecodeEvent(err) => write!(f, "decoding a watch event: {err}"),
             KubeError::DecodeList(err) => write!(f, "decoding the pod list: {err}"),
+            KubeError::DecodeResponse { what, source } => {
+                write!(f, "{what}: decoding the response: {source}")
+            }
             KubeError::EventTooLong { limit } => {
                 write!(f, "watch event longer than {limit} bytes")
             }
@@ -107,17 +160,30 @@ impl fmt::Display for KubeError {
                 what,
                 status,
                 message,
-            } => write!(f, "{what}: HTTP status {status}: {message}"),
+                retry_after,
+            } => {
+                write!(f, "{what}: HTTP status {status}: {message}")?;
+                if let Some(delay) = retry_after {
+                    write!(f, " (Retry-After {}s)", delay.as_secs())?;
+                }
+                Ok(())
+            }
+            KubeError::Kubeconfig { path, problem } => {
+                write!(f, "kubeconfig {}: {problem}", path.display())
+            }
             KubeError::ListWithoutVersion => f.write_str("pod list has no resourceVersion"),
             KubeError::ReadCa { path, source } => {
                 write!(f, "reading CA file {}: {source}", path.display())
             }
-            KubeError::ReadBody(err) => write!(f, "reading the watch stream: {err}"),
+            KubeError::ReadBody(err) => write!(f, "reading the response: {err}"),
             KubeError::ReadToken { path, source } => {
                 write!(f, "reading token file {}: {source}", path.display())
             }
             KubeError::Request { what, source } => write!(f, "{what}: {source}"),
             KubeError::TruncatedEvent => f.write_str("watch stream ended inside an event"),
+            KubeError::WatchSilent => {
+                f.write_str("watch stream silent (no event or bookmark) past the bound")
+            }
             KubeError::WatchStatus { code, message } => {
                 write!(f, "watch error event (code {code}): {message}")
             }
@@ -129,15 +195,19 @@ impl std::error::Error for KubeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             KubeError::DecodeEvent(err) | KubeError::DecodeList(err) => Some(err),
+            KubeError::DecodeResponse { source, .. } => Some(source),
             KubeError::ReadCa { source, .. } | KubeError::ReadToken { source, .. } => Some(source),
             KubeError::ReadBody(err) => Some(err),
             KubeError::Request { source, .. } => Some(source),
             KubeError::BadCa { .. }
             | KubeError::BadToken { .. }
+            | KubeError::Conflict { .. }
             | KubeError::EventTooLong { .. }
             | KubeError::HttpStatus { .. }
+            | KubeError::Kubeconfig { .. }
             | KubeError::ListWithoutVersion
             | KubeError::TruncatedEvent
+            | KubeError::WatchSilent
             | KubeError::WatchStatus { .. } => None,
         }
     }
@@ -146,10 +216,18 @@ impl std::error::Error for KubeError {
 /// A watch that ends sooner than this without an error is treated like a failure, so that a
 /// server that closes every watch at once is not hammered.
 const MIN_WATCH: Duration = Duration::from_secs(1);
+/// A watch that lived this long proves the server healthy: the backoff starts over.
+const HEALTHY_WATCH: Duration = Duration::from_secs(30);
 
 /// Lists and watches forever, passing changes to `sink`; returns when `sink` returns `false`.
-pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
+/// `cache_file`, if set, receives the loop's record of the pods (see `cache.rs`).
+pub fn run(
+    client: &KubeClient,
+    cache_file: Option<PathBuf>,
+    sink: &mut impl FnMut(KubeEvent) -> bool,
+) {
     let mut backoff = Backoff::default();
+    let mut cache = PodCache::new(cache_file);
     let mut resume_from: Option<String> = None;
     let mut lists = 0_u64;
     // A watch refused as expired right after a fresh list means the server cannot serve that
@@ -162,23 +240,38 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
             None => match client.list() {
                 Ok((pods, version)) => {
                     lists += 1;
-                    let what = if lists == 1 { "synced" } else { "resynced" };
-                    info!(
-                        "{what} {} pods of node {} at resourceVersion {version}",
-                        pods.len(),
-                        client.node()
-                    );
-                    if !sink(KubeEvent::Resynced(pods)) {
+                    let diff = cache.replace(&pods, &version);
+                    cache.flush(true);
+                    if lists == 1 {
+                        info!(
+                            "synced {} pods of node {} at resourceVersion {version}",
+                            pods.len(),
+                            client.node()
+                        );
+                    } else {
+                        info!(
+                            "resynced {} pods of node {} at resourceVersion {version}: \
+                             {} gone, {} new, {} changed since the last view",
+                            pods.len(),
+                            client.node(),
+                            diff.gone,
+                            diff.added,
+                            diff.changed
+                        );
+                    }
+                    if !sink(KubeEvent::Resynced(
+                        pods.into_iter().map(|l| l.pod).collect(),
+                    )) {
                         return;
                     }
                     version
                 }
                 Err(err) => {
-                    let delay = backoff.next();
-                    warn!(
-                        "listing pods failed, retrying in {}s: {err}",
-                        delay.as_secs()
-                    );
+                    let delay = backoff.after(&err);
+                    if err.is_unauthorized() {
+                        warn!("the API server refuses the agent's token (401); check the token and its binding");
+                    }
+                    warn!("listing pods failed, retrying in {}: {err}", secs(delay));
                     thread::sleep(delay);
                     continue;
                 }
@@ -187,12 +280,22 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
 
         // 2. Watch from that version until the stream ends.
         let started = Instant::now();
-        let result = client.watch(&mut version, sink);
-        let quick = started.elapsed() < MIN_WATCH;
+        let result = client.watch(&mut version, &mut |event, at| {
+            apply(&mut cache, event, at, sink)
+        });
+        cache.set_version(&version);
+        cache.flush(true);
+        let lived = started.elapsed();
+        let quick = lived < MIN_WATCH;
+        if lived >= HEALTHY_WATCH {
+            backoff.reset();
+        }
         let was_expired_at_once = std::mem::replace(
             &mut expired_at_once,
             quick && matches!(result, Ok(StreamEnd::Expired)),
         );
+
+        // 3. Decide what comes next.
         match result {
             Ok(StreamEnd::Closed) if !quick => {
                 debug!("watch ended, resuming from resourceVersion {version}");
@@ -202,82 +305,79 @@ pub fn run(client: &KubeClient, sink: &mut impl FnMut(KubeEvent) -> bool) {
             Ok(StreamEnd::Closed) => {
                 let delay = backoff.next();
                 warn!(
-                    "watch ended at once, resuming in {}s from resourceVersion {version}",
-                    delay.as_secs()
+                    "watch ended at once, resuming in {} from resourceVersion {version}",
+                    secs(delay)
                 );
                 thread::sleep(delay);
                 resume_from = Some(version);
             }
             Ok(StreamEnd::Expired) if !(quick && was_expired_at_once) => {
-                info!("watch resourceVersion {version} expired, relisting");
+                info!("watch resourceVersion {version} expired (410), relisting");
             }
             Ok(StreamEnd::Expired) => {
                 let delay = backoff.next();
                 warn!(
-                    "watch from a fresh list expired again at once, relisting in {}s",
-                    delay.as_secs()
+                    "watch from a fresh list expired again at once, relisting in {}",
+                    secs(delay)
                 );
                 thread::sleep(delay);
             }
             Ok(StreamEnd::SinkClosed) => return,
-            Err(err) => {
+            Err(KubeError::WatchSilent) => {
                 let delay = backoff.next();
+                warn!(
+                    "watch silent for {}s (no event or bookmark): dropping it, resuming in {} \
+                     from resourceVersion {version}",
+                    client.watch_silence().as_secs(),
+                    secs(delay)
+                );
+                thread::sleep(delay);
+                resume_from = Some(version);
+            }
+            Err(err) => {
+                let delay = backoff.after(&err);
+                if err.is_unauthorized() {
+                    // The token is read again before every request and after every 401; a 401
+                    // that persists is a revoked token or a missing RBAC binding.
+                    warn!("the API server refuses the agent's token (401); check the token and its binding");
+                }
                 let next = if err.needs_relist() {
                     "relisting"
                 } else {
                     resume_from = Some(version);
                     "watching again"
                 };
-                warn!(
-                    "watching pods failed, {next} in {}s: {err}",
-                    delay.as_secs()
-                );
+                warn!("watching pods failed, {next} in {}: {err}", secs(delay));
                 thread::sleep(delay);
             }
         }
     }
 }
 
-/// Doubling retry delay from 1 s to 30 s.
-// TODO(#5): add jitter, honour Retry-After, and detect a watch that stays open but silent.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: BACKOFF_FIRST,
+/// Records one watch event and passes it on; `false` when the scheduler is gone.
+fn apply(
+    cache: &mut PodCache,
+    event: WatchEvent,
+    version: &str,
+    sink: &mut impl FnMut(KubeEvent) -> bool,
+) -> bool {
+    cache.set_version(version);
+    let sent = match event {
+        WatchEvent::Upsert { pod, version } => {
+            cache.upsert(&pod, &version);
+            sink(KubeEvent::PodUpsert(pod))
         }
-    }
+        WatchEvent::Deleted { uid } => {
+            cache.delete(&uid);
+            sink(KubeEvent::PodDeleted(uid))
+        }
+        WatchEvent::Bookmark | WatchEvent::Expired => true,
+    };
+    cache.flush(false);
+    sent
 }
 
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<u64> = (0..7).map(|_| backoff.next().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-        backoff.reset();
-        assert_eq!(backoff.next(), BACKOFF_FIRST);
-    }
+/// A delay for a log line, to the tenth of a second.
+fn secs(delay: Duration) -> String {
+    format!("{:.1}s", delay.as_secs_f64())
 }

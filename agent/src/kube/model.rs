@@ -3,13 +3,17 @@
 //!
 //! Only the fields the agent uses are declared; serde ignores the rest, so newer API servers with
 //! more fields decode fine. Every field is optional, because the API server omits empty ones and
-//! a missing field must never fail a whole list. [`Pod::into_info`] applies the skip and release
-//! rules once, so the scheduler works on plain facts. Field meanings follow the core/v1 API
+//! a missing field must never fail a whole list. Annotations, the one open-ended map the agent
+//! reads, are filtered while decoding: only the two keys the agent uses are kept, so a pod with a
+//! large `kubectl.kubernetes.io/last-applied-configuration` costs nothing beyond the decode.
+//! [`Pod::into_info`] applies the skip and release rules once, so the scheduler works on plain
+//! facts and the decoded object is dropped at once. Field meanings follow the core/v1 API
 //! reference (Pod, PodStatus, ContainerStatus).
 
-use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::pod::{PodInfo, ReleaseReason, SkipReason};
 
@@ -53,8 +57,91 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     pub creation_timestamp: Option<String>,
     pub deletion_timestamp: Option<String>,
-    pub annotations: Option<BTreeMap<String, String>>,
+    pub annotations: Option<Annotations>,
     pub owner_references: Option<Vec<OwnerReference>>,
+}
+
+/// The annotations the agent reads; every other key is skipped while decoding.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// [`SKIP_ANNOTATION`].
+    pub skip: Option<String>,
+    /// [`MIRROR_ANNOTATION`].
+    pub mirror: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(AnnotationsVisitor)
+    }
+}
+
+struct AnnotationsVisitor;
+
+impl<'de> Visitor<'de> for AnnotationsVisitor {
+    type Value = Annotations;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of annotations")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+        let mut out = Annotations::default();
+        while let Some(key) = map.next_key::<AnnotationKey>()? {
+            match key {
+                AnnotationKey::Skip => out.skip = map.next_value()?,
+                AnnotationKey::Mirror => out.mirror = map.next_value()?,
+                AnnotationKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An annotation key, compared without keeping it.
+enum AnnotationKey {
+    Skip,
+    Mirror,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for AnnotationKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(AnnotationKeyVisitor)
+    }
+}
+
+struct AnnotationKeyVisitor;
+
+impl Visitor<'_> for AnnotationKeyVisitor {
+    type Value = AnnotationKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an annotation key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<AnnotationKey, E> {
+        Ok(match key {
+            SKIP_ANNOTATION => AnnotationKey::Skip,
+            MIRROR_ANNOTATION => AnnotationKey::Mirror,
+            _ => AnnotationKey::Other,
+        })
+    }
+}
+
+/// Just enough of a pod to name it, for an event whose object does not decode as a [`Pod`].
+#[derive(Debug, Default, Deserialize)]
+pub struct PodIdentity {
+    pub metadata: Option<IdentityMeta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityMeta {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,11 +220,8 @@ impl Pod {
         let name = meta.name.filter(|n| !n.is_empty())?;
 
         // 1. Skip rules: the annotation, then a DaemonSet owner.
-        let annotated = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SKIP_ANNOTATION))
-            .is_some_and(|v| v == "true");
+        let annotations = meta.annotations.unwrap_or_default();
+        let annotated = annotations.skip.as_deref() == Some("true");
         let daemonset = meta
             .owner_references
             .as_ref()
@@ -167,12 +251,7 @@ impl Pod {
                 .as_ref()
                 .is_some_and(|s| !s.is_empty());
 
-        let mirror_of = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MIRROR_ANNOTATION))
-            .filter(|v| !v.is_empty())
-            .cloned();
+        let mirror_of = annotations.mirror.filter(|v| !v.is_empty());
 
         Some(PodInfo {
             uid,
@@ -282,6 +361,35 @@ mod tests {
             "annotations":{"kubernetes.io/config.mirror":"3f2a9c"}}}"#,
         );
         assert_eq!(pod.mirror_of.as_deref(), Some("3f2a9c"));
+    }
+
+    #[test]
+    fn only_the_annotations_the_agent_reads_are_kept() {
+        let big = "x".repeat(100_000);
+        let pod: Pod = serde_json::from_str(&format!(
+            r#"{{"metadata":{{"name":"a","namespace":"b","uid":"u","annotations":{{
+            "kubectl.kubernetes.io/last-applied-configuration":"{big}",
+            "pod-pacemaker/skip":"true","other":"\"quoted\"",
+            "kubernetes.io/config.mirror":"m1"}}}}}}"#
+        ))
+        .expect("decodes");
+        let annotations = pod
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .expect("annotations");
+        assert_eq!(
+            *annotations,
+            Annotations {
+                skip: Some("true".to_owned()),
+                mirror: Some("m1".to_owned()),
+            }
+        );
+        // A mistyped annotation value is a decode error, not a panic.
+        assert!(serde_json::from_str::<Pod>(
+            r#"{"metadata":{"annotations":{"pod-pacemaker/skip":true}}}"#
+        )
+        .is_err());
     }
 
     #[test]
