@@ -200,3 +200,37 @@ fn add_with_agent_absent_proceeds_and_prints_only_prev_result() {
     );
     assert!(outcome.stderr.contains("fail-open"), "{}", outcome.stderr);
 }
+
+#[test]
+fn unwritable_log_file_never_fails_add() {
+    let stdin = CHAINED.replacen('{', r#"{"logFile":"/nonexistent/dir/ppm.log","#, 1);
+    let outcome = run(&add_env(), stdin.as_bytes());
+    assert_eq!(outcome.status, Some(0), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("fail-open"), "{}", outcome.stderr);
+}
+
+#[test]
+fn log_file_gets_the_lines_and_is_capped() {
+    let dir = std::env::temp_dir().join(format!("ppm-logfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("ppm.log");
+    let stdin = CHAINED.replacen('{', &format!(r#"{{"logFile":"{}","#, log.display()), 1);
+
+    let outcome = run(&add_env(), stdin.as_bytes());
+    assert_eq!(outcome.status, Some(0), "{}", outcome.stderr);
+    let written = std::fs::read_to_string(&log).expect("log file");
+    assert!(written.contains("fail-open"), "{written}");
+
+    // A full file is moved aside before the next line, so the log never grows past the cap.
+    let full = usize::try_from(pod_pacemaker::logger::MAX_LOG_FILE_BYTES).expect("fits");
+    std::fs::write(&log, vec![b'x'; full]).expect("fill the log");
+    let outcome = run(&add_env(), stdin.as_bytes());
+    assert_eq!(outcome.status, Some(0), "{}", outcome.stderr);
+    let rotated = dir.join("ppm.log.1");
+    assert_eq!(
+        std::fs::metadata(&rotated).expect("rotated").len(),
+        full as u64
+    );
+    assert!(std::fs::metadata(&log).expect("new log").len() < 1024);
+    let _ = std::fs::remove_dir_all(&dir);
+}
