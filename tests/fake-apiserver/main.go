@@ -14,7 +14,7 @@
 // Usage:
 //
 //	fake-apiserver --dir DIR [--listen 127.0.0.1:0] [--bookmark-interval 5s]
-//	               [--watch-buffer 1024] [--log-requests]
+//	               [--watch-buffer 1024] [--log-requests] [--keep-state]
 //
 // At start it makes a throw-away CA and server certificate and writes
 // DIR/ca.crt, DIR/token (unless it exists, then it is reused) and
@@ -23,6 +23,12 @@
 // so a reader never sees part of one; DIR/addr appearing means the server is
 // ready. On SIGTERM or SIGINT it ends the open watches, removes DIR/addr and
 // exits 0.
+//
+// With --keep-state a restart is a restart, not a new cluster: the CA (and
+// its key, DIR/ca.key) is reused, the objects and the resourceVersion are
+// saved to DIR/store.json on SIGTERM/SIGINT and loaded at start. The change
+// log is not kept, so a watch from before the restart gets 410, as from a
+// real API server whose watch cache starts over.
 package main
 
 import (
@@ -70,6 +76,7 @@ func run(args []string) error {
 	bookmarks := fs.Duration("bookmark-interval", 5*time.Second, "interval between BOOKMARK events on watches that allow them")
 	watchBuffer := fs.Int("watch-buffer", 1024, "events queued per watch before a slow watch is closed")
 	logRequests := fs.Bool("log-requests", false, "log every request as 'METHOD path?query -> status' to stderr")
+	keepState := fs.Bool("keep-state", false, "reuse the CA, and save and load the objects across restarts (DIR/ca.key, DIR/store.json)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,7 +103,7 @@ func run(args []string) error {
 	addr := ln.Addr().String()
 
 	// 3. Credentials and the files clients read.
-	caPEM, cert, err := newCertificates()
+	caPEM, cert, err := certificates(*dir, *keepState)
 	if err != nil {
 		return err
 	}
@@ -113,8 +120,14 @@ func run(args []string) error {
 
 	// 4. Serve, then announce the address.
 	srv := &server{
-		dir: *dir, addr: addr, store: newStore(*watchBuffer),
+		dir: *dir, addr: addr, store: newStore(*watchBuffer), caPEM: caPEM,
 		bookmarkInterval: *bookmarks, logRequests: *logRequests, token: token,
+	}
+	storeFile := filepath.Join(*dir, "store.json")
+	if *keepState {
+		if err := srv.store.load(storeFile); err != nil {
+			return fmt.Errorf("loading %s: %w", storeFile, err)
+		}
 	}
 	httpSrv := &http.Server{
 		Handler:           srv,
@@ -147,16 +160,70 @@ func run(args []string) error {
 	if err := httpSrv.Shutdown(ctx); err != nil {
 		_ = httpSrv.Close()
 	}
+	if *keepState {
+		return srv.store.save(storeFile)
+	}
 	return nil
+}
+
+// certificates returns the CA in PEM and the server's key pair. With keep,
+// the CA in DIR/ca.crt and DIR/ca.key is reused when both exist, and a new
+// one is saved there otherwise; without, the CA lives only in memory.
+func certificates(dir string, keep bool) ([]byte, tls.Certificate, error) {
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	if keep {
+		certPEM, certErr := os.ReadFile(certFile)
+		keyPEM, keyErr := os.ReadFile(keyFile)
+		if certErr == nil && keyErr == nil {
+			caCert, caKey, err := parseCA(certPEM, keyPEM)
+			if err != nil {
+				return nil, tls.Certificate{}, fmt.Errorf("reusing the CA in %s: %w", dir, err)
+			}
+			cert, err := serverCertificate(caCert, caKey)
+			return certPEM, cert, err
+		}
+	}
+	caPEM, caKey, cert, err := newCertificates()
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	if keep {
+		der, err := x509.MarshalECPrivateKey(caKey)
+		if err != nil {
+			return nil, tls.Certificate{}, err
+		}
+		keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+		if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+			return nil, tls.Certificate{}, err
+		}
+	}
+	return caPEM, cert, nil
+}
+
+func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certBlock, _ := pem.Decode(certPEM)
+	keyBlock, _ := pem.Decode(keyPEM)
+	if certBlock == nil || keyBlock == nil {
+		return nil, nil, errors.New("not PEM")
+	}
+	caCert, err := x509.ParseCertificate(certBlock.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	caKey, err := x509.ParseECPrivateKey(keyBlock.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	return caCert, caKey, nil
 }
 
 // newCertificates makes a CA and a server certificate it signs, both ECDSA
 // P-256, the server's valid for 127.0.0.1 and localhost. It returns the CA in
-// PEM and the server's key pair.
-func newCertificates() ([]byte, tls.Certificate, error) {
+// PEM, the CA's key and the server's key pair.
+func newCertificates() ([]byte, *ecdsa.PrivateKey, tls.Certificate, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, nil, tls.Certificate{}, err
 	}
 	now := time.Now()
 	caTmpl := &x509.Certificate{
@@ -171,16 +238,27 @@ func newCertificates() ([]byte, tls.Certificate, error) {
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, nil, tls.Certificate{}, err
 	}
 	caCert, err := x509.ParseCertificate(caDER)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, nil, tls.Certificate{}, err
 	}
+	cert, err := serverCertificate(caCert, caKey)
+	if err != nil {
+		return nil, nil, tls.Certificate{}, err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	return caPEM, caKey, cert, nil
+}
 
+// serverCertificate makes a fresh server key pair for 127.0.0.1 and
+// localhost, signed by the CA.
+func serverCertificate(caCert *x509.Certificate, caKey *ecdsa.PrivateKey) (tls.Certificate, error) {
+	now := time.Now()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return tls.Certificate{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
@@ -194,10 +272,9 @@ func newCertificates() ([]byte, tls.Certificate, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return tls.Certificate{}, err
 	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 func randomSerial() *big.Int {

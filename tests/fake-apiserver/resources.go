@@ -72,6 +72,7 @@ var nodeResource = &resource{
 	subresources: []string{"status"},
 	mergeKeys: map[string]string{
 		"metadata.finalizers": "",
+		"spec.taints":         "key",
 		"status.conditions":   "type",
 		"status.addresses":    "type",
 	},
@@ -90,8 +91,21 @@ var eventResource = &resource{
 	mergeKeys: map[string]string{},
 }
 
+// pacemakerConfigResource is the configuration CRD of woehrl01/pod-pacemaker
+// (PacemakerConfig, woehrl.net/v1alpha, cluster-scoped, with a status
+// subresource), which pod-pacemaker keeps for drop-in compatibility. The
+// fake serves it as if the CRD were installed; CRD objects themselves are not
+// served.
+var pacemakerConfigResource = &resource{
+	group: "woehrl.net", version: "v1alpha",
+	name: "pacemakerconfigs", singular: "pacemakerconfig", kind: "PacemakerConfig", namespaced: false,
+	verbs:        []string{"create", "delete", "get", "list", "patch", "update", "watch"},
+	subresources: []string{"status"},
+	mergeKeys:    map[string]string{"metadata.finalizers": ""},
+}
+
 // resources is every kind served, in discovery order.
-var resources = []*resource{podResource, nodeResource, eventResource}
+var resources = []*resource{podResource, nodeResource, eventResource, pacemakerConfigResource}
 
 func lookupResource(group, version, name string) *resource {
 	for _, r := range resources {

@@ -8,12 +8,14 @@ package main
 
 import (
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -34,12 +36,22 @@ type server struct {
 	bookmarkInterval time.Duration
 	logRequests      bool
 
+	caPEM []byte
+
 	tokenMu sync.Mutex
 	token   string // the last non-empty content of DIR/token
+	// prevToken stays valid until prevUntil after /fake/rotate-token, like a
+	// projected token that the kubelet replaced before it expired.
+	prevToken string
+	prevUntil time.Time
 
+	// Faults for the next requests (see control): failures, delays, drops.
 	failMu    sync.Mutex
 	failCode  int
 	failCount int
+	slowDelay time.Duration
+	slowCount int
+	dropCount int
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -81,8 +93,21 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if e := s.takeFailure(); e != nil {
-		writeError(w, e)
+	drop, delay, failure := s.takeFaults()
+	if drop {
+		abortStream()
+	}
+	if delay > 0 {
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+			timer.Stop()
+			return
+		}
+	}
+	if failure != nil {
+		writeError(w, failure)
 		return
 	}
 
@@ -164,8 +189,10 @@ func resourceList(group, version string) map[string]any {
 }
 
 // authorized checks the bearer token against DIR/token, read afresh on every
-// request so that tests can rotate it. A missing or empty file keeps the last
-// token seen.
+// request so that tests can rotate it (a token written there by the test
+// replaces the old one at once). A missing or empty file keeps the last
+// token seen. After /fake/rotate-token the previous token is also accepted
+// until its grace period ends.
 func (s *server) authorized(r *http.Request) bool {
 	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
@@ -173,7 +200,32 @@ func (s *server) authorized(r *http.Request) bool {
 	}
 	want := s.currentToken()
 	got = strings.TrimSpace(got)
-	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+	if want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
+		return true
+	}
+	s.tokenMu.Lock()
+	prev, until := s.prevToken, s.prevUntil
+	s.tokenMu.Unlock()
+	return prev != "" && time.Now().Before(until) && subtle.ConstantTimeCompare([]byte(got), []byte(prev)) == 1
+}
+
+// rotateToken makes a new random token, writes it to DIR/token and
+// DIR/kubeconfig, and keeps the old one valid for grace.
+func (s *server) rotateToken(grace time.Duration) error {
+	old := s.currentToken()
+	var b [32]byte
+	mustRandom(b[:])
+	token := hex.EncodeToString(b[:])
+	s.tokenMu.Lock()
+	defer s.tokenMu.Unlock()
+	if err := writeFileAtomic(filepath.Join(s.dir, "token"), []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(s.dir, "kubeconfig"), kubeconfig(s.addr, s.caPEM, token), 0o600); err != nil {
+		return err
+	}
+	s.token, s.prevToken, s.prevUntil = token, old, time.Now().Add(grace)
+	return nil
 }
 
 func (s *server) currentToken() string {
@@ -188,19 +240,51 @@ func (s *server) currentToken() string {
 	return s.token
 }
 
-// takeFailure consumes one injected failure, if any are pending.
-func (s *server) takeFailure() *apiError {
+// takeFaults consumes the injected faults pending for one request: whether
+// to drop its connection, how long to delay it, and the failure to answer.
+func (s *server) takeFaults() (drop bool, delay time.Duration, failure *apiError) {
 	s.failMu.Lock()
 	defer s.failMu.Unlock()
+	if s.dropCount > 0 {
+		s.dropCount--
+		return true, 0, nil
+	}
+	if s.slowCount > 0 {
+		s.slowCount--
+		delay = s.slowDelay
+	}
 	if s.failCount <= 0 {
-		return nil
+		return false, delay, nil
 	}
 	s.failCount--
-	e := errorf(s.failCode, "injected failure %d (fake-apiserver /fake/fail)", s.failCode)
+	failure = errorf(s.failCode, "injected failure %d (fake-apiserver /fake/fail)", s.failCode)
 	if s.failCode == http.StatusTooManyRequests || s.failCode == http.StatusServiceUnavailable {
-		e.retryAfter = 1
+		failure.retryAfter = 1
 	}
-	return e
+	return false, delay, failure
+}
+
+// countParam reads a non-negative count query parameter (default 1).
+func countParam(q url.Values) (int, *apiError) {
+	v := q.Get("count")
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, errorf(http.StatusBadRequest, "count must be a non-negative integer, got %q", v)
+	}
+	return n, nil
+}
+
+// secondsParam reads a duration in seconds from name, within (0, max] (or
+// [0, max] when zero is allowed).
+func secondsParam(q url.Values, name string, zeroOK bool, max float64) (time.Duration, *apiError) {
+	secs, err := strconv.ParseFloat(q.Get(name), 64)
+	if err != nil || secs < 0 || (secs == 0 && !zeroOK) || secs > max {
+		return 0, errorf(http.StatusBadRequest, "%s must be a number of seconds up to %g, got %q", name, max, q.Get(name))
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }
 
 // control serves the /fake/ endpoints that tests use to inject faults.
@@ -214,7 +298,12 @@ func (s *server) control(w http.ResponseWriter, r *http.Request) {
 		st := s.store.state()
 		s.failMu.Lock()
 		st["fail"] = map[string]any{"code": s.failCode, "count": s.failCount}
+		st["slow"] = map[string]any{"seconds": s.slowDelay.Seconds(), "count": s.slowCount}
+		st["drop"] = map[string]any{"count": s.dropCount}
 		s.failMu.Unlock()
+		s.tokenMu.Lock()
+		st["previousTokenValid"] = s.prevToken != "" && time.Now().Before(s.prevUntil)
+		s.tokenMu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 		return
 	}
@@ -229,25 +318,61 @@ func (s *server) control(w http.ResponseWriter, r *http.Request) {
 	case "/fake/drop-watches":
 		writeJSON(w, http.StatusOK, map[string]any{"dropped": s.store.closeWatches(true)})
 	case "/fake/stall-watches":
-		secs, err := strconv.ParseFloat(q.Get("seconds"), 64)
-		if err != nil || secs <= 0 || secs > 3600 {
-			writeError(w, errorf(http.StatusBadRequest, "seconds must be a number in (0, 3600], got %q", q.Get("seconds")))
+		d, e := secondsParam(q, "seconds", false, 3600)
+		if e != nil {
+			writeError(w, e)
 			return
 		}
-		n := s.store.stallWatches(time.Duration(secs * float64(time.Second)))
-		writeJSON(w, http.StatusOK, map[string]any{"stalled": n, "seconds": secs})
+		n := s.store.stallWatches(d)
+		writeJSON(w, http.StatusOK, map[string]any{"stalled": n, "seconds": d.Seconds()})
+	case "/fake/slow":
+		d, e := secondsParam(q, "seconds", true, 600)
+		count, ce := countParam(q)
+		if e == nil {
+			e = ce
+		}
+		if e != nil {
+			writeError(w, e)
+			return
+		}
+		s.failMu.Lock()
+		s.slowDelay, s.slowCount = d, count
+		s.failMu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{"seconds": d.Seconds(), "count": count})
+	case "/fake/drop-requests":
+		count, e := countParam(q)
+		if e != nil {
+			writeError(w, e)
+			return
+		}
+		s.failMu.Lock()
+		s.dropCount = count
+		s.failMu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{"count": count})
+	case "/fake/rotate-token":
+		grace := time.Duration(0)
+		if q.Get("grace") != "" {
+			var e *apiError
+			if grace, e = secondsParam(q, "grace", true, 86400); e != nil {
+				writeError(w, e)
+				return
+			}
+		}
+		if err := s.rotateToken(grace); err != nil {
+			writeError(w, errorf(http.StatusInternalServerError, "rotating the token: %v", err))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"rotated": true, "graceSeconds": grace.Seconds()})
 	case "/fake/fail":
 		code, err := strconv.Atoi(q.Get("code"))
 		if err != nil || code < 400 || code > 599 {
 			writeError(w, errorf(http.StatusBadRequest, "code must be an HTTP error code (400-599), got %q", q.Get("code")))
 			return
 		}
-		count := 1
-		if v := q.Get("count"); v != "" {
-			if count, err = strconv.Atoi(v); err != nil || count < 0 {
-				writeError(w, errorf(http.StatusBadRequest, "count must be a non-negative integer, got %q", v))
-				return
-			}
+		count, e := countParam(q)
+		if e != nil {
+			writeError(w, e)
+			return
 		}
 		s.failMu.Lock()
 		s.failCode, s.failCount = code, count

@@ -14,9 +14,12 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -432,4 +435,63 @@ func (s *store) state() map[string]any {
 		"objects":         counts,
 		"watches":         watches,
 	}
+}
+
+// savedStore is DIR/store.json: the objects of every kind, keyed by
+// "GROUP/VERSION/RESOURCE" (core kinds: "v1/RESOURCE"), and the
+// resourceVersion they are at.
+type savedStore struct {
+	ResourceVersion string                      `json:"resourceVersion"`
+	Objects         map[string][]map[string]any `json:"objects"`
+}
+
+func savedKey(r *resource) string { return r.apiVersion() + "/" + r.name }
+
+// save writes every object and the resourceVersion to path (--keep-state).
+func (s *store) save(path string) error {
+	s.mu.Lock()
+	out := savedStore{ResourceVersion: strconv.FormatInt(s.rv, 10), Objects: map[string][]map[string]any{}}
+	for res, objs := range s.objects {
+		list := []map[string]any{}
+		for _, obj := range objs {
+			list = append(list, obj)
+		}
+		out.Objects[savedKey(res)] = list
+	}
+	data, err := json.Marshal(out)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, data, 0o600)
+}
+
+// load reads what save wrote, if the file exists. The change log starts
+// empty at the loaded resourceVersion, which becomes the compaction point: a
+// watch or continued list from before the restart gets 410.
+func (s *store) load(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var in savedStore
+	if err := json.Unmarshal(data, &in); err != nil {
+		return err
+	}
+	rv, err := strconv.ParseInt(in.ResourceVersion, 10, 64)
+	if err != nil || rv < 0 {
+		return fmt.Errorf("bad resourceVersion %q", in.ResourceVersion)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, res := range resources {
+		for _, obj := range in.Objects[savedKey(res)] {
+			s.objects[res][objectKey(res, stringAt(obj, "metadata.namespace"), stringAt(obj, "metadata.name"))] = obj
+		}
+	}
+	s.rv, s.compacted, s.log = rv, rv, nil
+	return nil
 }
