@@ -144,9 +144,14 @@ fn attempt(socket: &Path, request: &Request, deadline: Instant) -> Attempt {
             }
             Ok(Reply::Granted { reason }) => return Attempt::Done(WaitOutcome::Granted(reason)),
             Ok(Reply::Error {
-                code: protocol::ErrorCode::ShuttingDown,
+                code: protocol::ErrorCode::ShuttingDown | protocol::ErrorCode::Busy,
                 message,
-            }) => return Attempt::Lost(format!("agent shutting down: {message}")),
+            }) => return Attempt::Lost(format!("agent shutting down or busy: {message}")),
+            // The agent ends the wait a moment before our deadline and keeps the pod's place.
+            Ok(Reply::Error {
+                code: protocol::ErrorCode::Timeout,
+                ..
+            }) => return Attempt::Done(WaitOutcome::DeadlinePassed { last_error: None }),
             Ok(Reply::Error { code, message }) => {
                 return Attempt::Done(WaitOutcome::Refused(format!("{code}: {message}")));
             }
@@ -354,6 +359,16 @@ mod tests {
             Instant::now() + Duration::from_secs(10),
         );
         assert!(matches!(outcome, WaitOutcome::Refused(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn agent_timeout_reply_is_the_deadline() {
+        let dir = TempSocket::new("timeout");
+        let path = dir.path();
+        let _agent = fake_agent(&path, "pod-pacemaker/1\nERROR code=timeout msg=no slot\n");
+        let start = Instant::now();
+        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_secs(10));
+        assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
     }
 
     #[test]
