@@ -6,11 +6,22 @@
 #   scripts/realnode.sh up [--with-pacemaker --limit N]   build or reuse binaries, start, wait for Ready
 #   scripts/realnode.sh down                              stop everything by pid, leave the host as it was
 #   scripts/realnode.sh status                            what runs, node and pods (exit 0 = up)
-#   scripts/realnode.sh pacemaker on --limit N | off      chain our plugin and run the agent on a
-#                                                         running node, or take both out again
+#   scripts/realnode.sh pacemaker on [--limit N] [--host-process]
+#                                                         the product on a running node: by default
+#                                                         deploy/pod-pacemaker.yaml (the DaemonSet, with
+#                                                         --max-concurrent=N) and our plugin chained in
+#                                                         the primary conflist; --host-process runs the
+#                                                         agent as a host process instead
+#   scripts/realnode.sh pacemaker off                     plugin out of the chain, DaemonSet (or agent) gone
+#   scripts/realnode.sh pacemaker status                  the agent's holders and queue (agent --status)
 #   scripts/realnode.sh kubectl ARGS...                   kubectl against the node (runs in its netns)
 #   scripts/realnode.sh exec CMD ARGS...                  any command inside the node's netns
+#   scripts/realnode.sh node-exec CMD ARGS...             ... and in the mount namespace of containerd
+#                                                         and the kubelet (sees the node's /run)
 #   scripts/realnode.sh env                               print shell variables describing the node
+#   scripts/realnode.sh session-lock OWNER_PID [SECONDS]  hold the test-session lock while OWNER_PID
+#                                                         lives; prints the holder's pid (see Locks)
+#   scripts/realnode.sh session-unlock HOLDER_PID         release it early
 #
 # Environment (defaults in brackets):
 #   REALNODE_DIR      state directory: pki, configs, data, logs, pids [/var/lib/pod-pacemaker-realnode]
@@ -18,12 +29,24 @@
 #   REALNODE_NETNS    name of the node's network namespace [ppmr-node]
 #   REALNODE_NODE     node name [ppm-realnode]
 #   REALNODE_UP_TIMEOUT  seconds to wait for the node to be Ready [180]
+#   REALNODE_LOCK     the machine's real-node lock [/run/lock/pod-pacemaker-realnode.lock]
+#   REALNODE_LOCK_WAIT   seconds up/down/pacemaker/session-lock wait for a lock [600]
+#
+# Locks: one real node per machine (fixed netns, cgroup root, addresses). up, down and pacemaker
+# hold REALNODE_LOCK (flock) while they run, so two of them never interleave; a second one waits
+# up to REALNODE_LOCK_WAIT seconds. A test run also holds the session lock (REALNODE_LOCK with
+# .session.lock) from its setup to its teardown, so that a second run waits for the first
+# instead of finding the node half torn down.
 #
 # Isolation (see docs/testing.md, "The real node"):
-#   * network: every component runs in netns REALNODE_NETNS. The API server listens on 127.0.0.1
-#     of that netns only; the node address 10.244.76.1/32 sits on that netns' lo; pods hang off
-#     bridge ppmr0 (10.244.77.0/24, ipMasq false) inside it. The host's interfaces, routes and
-#     iptables are never touched; no route leads out of the netns, so image pulls fail at once.
+#   * network: every component runs in netns REALNODE_NETNS. The API server listens on every
+#     address of that netns (port 6443) and on no host address; the node address 10.244.76.1/32
+#     and the kubernetes Service's ClusterIP 10.96.0.1/32 sit on that netns' lo, and one DNAT rule
+#     in the netns' own nat table (what kube-proxy would write for that Service) sends
+#     10.96.0.1:443 to the endpoint 10.244.76.1:6443, so in-cluster clients (the agent's
+#     DaemonSet pod) work unchanged. Pods hang off bridge ppmr0 (10.244.77.0/24, ipMasq false)
+#     inside it. The host's interfaces, routes and iptables are never touched; no route leads out
+#     of the netns, so image pulls fail at once.
 #   * mounts: containerd, its shims and the kubelet share one private mount namespace (slave of
 #     the host's) with a tmpfs on /run and bind mounts of state-dir folders on /var/log,
 #     /var/lib/cni and /etc/resolv.conf. Their mounts never show on the host and vanish with the
@@ -42,6 +65,10 @@ CACHE="${REALNODE_CACHE:-/var/cache/pod-pacemaker/realnode}"
 NETNS="${REALNODE_NETNS:-ppmr-node}"
 NODE="${REALNODE_NODE:-ppm-realnode}"
 UP_TIMEOUT="${REALNODE_UP_TIMEOUT:-180}"
+LOCK="${REALNODE_LOCK:-/run/lock/pod-pacemaker-realnode.lock}"
+SESSION_LOCK="${LOCK%.lock}.session.lock"
+LOCK_WAIT="${REALNODE_LOCK_WAIT:-600}"
+DEPLOY_MANIFEST="${REALNODE_DEPLOY_MANIFEST:-${repo_root}/deploy/pod-pacemaker.yaml}"
 export REALNODE_CACHE="${CACHE}"
 
 NODE_IP="10.244.76.1"
@@ -50,6 +77,7 @@ POD_GW="10.244.77.1"
 BRIDGE="ppmr0"
 SERVICE_CIDR="10.96.0.0/24"
 SERVICE_IP="10.96.0.1"
+SERVICE_PORT=443
 API_PORT=6443
 CGROUP_ROOT="ppm-realnode"
 CGROUP_CONTROLLERS=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event rdma misc)
@@ -103,13 +131,74 @@ holder_pid() { pid_of holder; }
 # in_node CMD...: run a command in the node's netns (host mount namespace, so host paths work).
 in_node() { nsenter --net="/run/netns/${NETNS}" -- "$@"; }
 
+# in_node_mnt CMD...: ... and in the private mount namespace of containerd and the kubelet, where
+# /run (the agent's hostPath socket directory among it) is the node's own tmpfs.
+in_node_mnt() { nsenter -t "$(holder_pid)" --net --mount -- "$@"; }
+
 kc() { in_node "$(bin kubectl)" --kubeconfig "${STATE}/admin.kubeconfig" "$@"; }
+
+# --- locks -------------------------------------------------------------------------------------
+# take_lock WHAT: hold LOCK on fd 9 until this script exits (the kernel drops it with the fd), so
+# that two up/down/pacemaker commands never interleave. Waits up to LOCK_WAIT seconds.
+take_lock() {
+  mkdir -p "$(dirname "${LOCK}")"
+  exec 9>>"${LOCK}"
+  if ! flock -n 9; then
+    log "waiting up to ${LOCK_WAIT}s for ${LOCK} (held by $(cat "${LOCK}.owner" 2>/dev/null || echo '?'))"
+    flock -w "${LOCK_WAIT}" 9 || die "timed out after ${LOCK_WAIT}s waiting for ${LOCK}"
+  fi
+  echo "pid $$ (${1}) since $(date -u +%FT%TZ)" >"${LOCK}.owner"
+}
+
+# session-lock OWNER_PID [SECONDS]: a background holder takes SESSION_LOCK (waiting up to SECONDS)
+# and keeps it while OWNER_PID lives; prints the holder's pid once the lock is held, exit 1 when
+# it could not be had in time. `flock -o`: only the flock process holds the lock, so killing it
+# (session-unlock) releases it; its child exits within a second once either is gone.
+cmd_session_lock() {
+  local owner="${1:-}" wait="${2:-${LOCK_WAIT}}" ready holder said=0 t0="${SECONDS}"
+  if [[ ! "${owner}" =~ ^[0-9]+$ ]] || ! running "${owner}"; then
+    die "session-lock: owner pid '${owner}' does not run"
+  fi
+  mkdir -p "$(dirname "${SESSION_LOCK}")"
+  ready="$(mktemp -u "$(dirname "${SESSION_LOCK}")/.ppm-realnode-session.XXXXXX")"
+  # shellcheck disable=SC2016 # expanded by that sh
+  nohup flock -o -w "${wait}" "${SESSION_LOCK}" sh -c '
+    echo "owner pid $2 (holder $PPID) since $(date -u +%FT%TZ)" >"$3.owner"
+    : >"$1"
+    while kill -0 "$2" 2>/dev/null && kill -0 "$PPID" 2>/dev/null; do sleep 1; done' \
+    sh "${ready}" "${owner}" "${SESSION_LOCK}" >/dev/null 2>&1 </dev/null 3>&- 9>&- &
+  holder=$!
+  while running "${holder}"; do
+    if [[ -e "${ready}" ]]; then
+      rm -f "${ready}"
+      echo "${holder}"
+      return 0
+    fi
+    if [[ "${said}" -eq 0 && $((SECONDS - t0)) -ge 1 ]]; then
+      log "waiting up to ${wait}s for ${SESSION_LOCK} (held by $(cat "${SESSION_LOCK}.owner" 2>/dev/null || echo '?'))"
+      said=1
+    fi
+    sleep 0.2
+  done
+  rm -f "${ready}"
+  die "could not take ${SESSION_LOCK} within ${wait}s (held by $(cat "${SESSION_LOCK}.owner" 2>/dev/null || echo '?'))"
+}
+
+cmd_session_unlock() {
+  local holder="${1:-}"
+  [[ "${holder}" =~ ^[0-9]+$ ]] || die "session-unlock: holder pid required"
+  # Only a flock process on our lock file: never kill a pid that was reused meanwhile.
+  if tr '\0' ' ' 2>/dev/null <"/proc/${holder}/cmdline" | grep -qF " ${SESSION_LOCK} "; then
+    kill -TERM "${holder}" 2>/dev/null || true
+  fi
+}
 
 # start NAME CMD...: start a component in the node's namespaces, log to logs/NAME.log, record its pid.
 start() {
   local name="$1"
   shift
-  nohup nsenter -t "$(holder_pid)" --net --mount -- "$@" >"${STATE}/logs/${name}.log" 2>&1 </dev/null &
+  # 3>&- 9>&-: a daemon must hold neither the lock (fd 9) nor a caller's fd 3 (bats waits for it).
+  nohup nsenter -t "$(holder_pid)" --net --mount -- "$@" >"${STATE}/logs/${name}.log" 2>&1 </dev/null 3>&- 9>&- &
   record_pid "${name}" $!
   log "started ${name} (pid $!)"
 }
@@ -408,6 +497,17 @@ cmd_up() {
   echo created >"${STATE}/netns.created"
   in_node ip link set lo up
   in_node ip addr add "${NODE_IP}/32" dev lo
+  # The kubernetes Service without kube-proxy: its ClusterIP is an address of the node's netns
+  # (as kube-proxy's IPVS mode binds ClusterIPs to a dummy interface), and the rule kube-proxy's
+  # iptables mode would write sends SERVICE_IP:443 to the endpoint the API server publishes
+  # (--advertise-address NODE_IP, port API_PORT): OUTPUT for host-network processes such as the
+  # agent's DaemonSet pod, PREROUTING for pods on the bridge. The nat table is the netns' own.
+  in_node ip addr add "${SERVICE_IP}/32" dev lo
+  local chain
+  for chain in OUTPUT PREROUTING; do
+    in_node iptables -w 5 -t nat -A "${chain}" -d "${SERVICE_IP}/32" -p tcp --dport "${SERVICE_PORT}" \
+      -m comment --comment "default/kubernetes:https" -j DNAT --to-destination "${NODE_IP}:${API_PORT}"
+  done
 
   make_cgroups
   # libcni caches results under /var/lib/cni (not configurable in containerd 1.6): the private
@@ -427,7 +527,7 @@ cmd_up() {
     mount --bind '${STATE}/var-lib-cni' /var/lib/cni
     mount --bind '${STATE}/resolv.conf' /etc/resolv.conf
     touch '${STATE}/holder.ready'
-    exec sleep infinity" >"${STATE}/logs/holder.log" 2>&1 </dev/null &
+    exec sleep infinity" >"${STATE}/logs/holder.log" 2>&1 </dev/null 3>&- 9>&- &
   record_pid holder $!
   wait_for "mount namespace" 10 test -e "${STATE}/holder.ready"
 
@@ -441,7 +541,7 @@ cmd_up() {
 
   start kube-apiserver "$(bin kube-apiserver)" \
     --etcd-servers=http://127.0.0.1:2379 \
-    --bind-address=127.0.0.1 --secure-port="${API_PORT}" --advertise-address="${NODE_IP}" \
+    --bind-address=0.0.0.0 --secure-port="${API_PORT}" --advertise-address="${NODE_IP}" \
     --service-cluster-ip-range="${SERVICE_CIDR}" \
     --client-ca-file="${pki}/ca.crt" \
     --tls-cert-file="${pki}/apiserver.crt" --tls-private-key-file="${pki}/apiserver.key" \
@@ -450,6 +550,7 @@ cmd_up() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="${pki}/sa.pub" --service-account-signing-key-file="${pki}/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --kubelet-preferred-address-types=InternalIP \
     --allow-privileged=true --profiling=false --v=1
   wait_for "kube-apiserver /readyz" 90 kc get --raw /readyz
 
@@ -476,9 +577,11 @@ cmd_up() {
 
   wait_for "node ${NODE} Ready" "${UP_TIMEOUT}" node_ready
   wait_for "service account default/default" 60 kc -n default get serviceaccount default
+  wait_for "kubernetes Service https://${SERVICE_IP}:${SERVICE_PORT} (endpoint ${NODE_IP}:${API_PORT})" 30 \
+    in_node curl -sf --max-time 2 --cacert "${STATE}/pki/ca.crt" "https://${SERVICE_IP}:${SERVICE_PORT}/readyz"
   # Our plugin joins the chain once the agent serves its socket; containerd re-reads the conf dir.
   if [[ "${with_pacemaker}" -eq 1 ]]; then
-    start_pacemaker "${limit}"
+    start_pacemaker_daemonset "${limit}"
   fi
   awk -v a="${t0}" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f\n", b-a}' >"${STATE}/up-seconds"
   log "up in $(cat "${STATE}/up-seconds")s: kubectl via '$0 kubectl ...' or 'ip netns exec ${NETNS} kubectl --kubeconfig ${STATE}/admin.kubeconfig ...'"
@@ -489,52 +592,101 @@ node_ready() {
 }
 
 # --- our product in the chain ------------------------------------------------------------------
-start_pacemaker() {
-  local limit="$1" rel="${REALNODE_MUSL_DIR:-${repo_root}/target/x86_64-unknown-linux-musl/release}"
+musl_dir() { echo "${REALNODE_MUSL_DIR:-${repo_root}/target/x86_64-unknown-linux-musl/release}"; }
+
+need_release_binaries() {
+  local rel
+  rel="$(musl_dir)"
   [[ -x "${rel}/pod-pacemaker" && -x "${rel}/pod-pacemaker-agent" ]] ||
-    die "--with-pacemaker needs ${rel}/pod-pacemaker and pod-pacemaker-agent (scripts/build.sh)"
-  ln -sfn "${rel}/pod-pacemaker" "${STATE}/cni/bin/pod-pacemaker"
-  # The agent's identity: a ServiceAccount with just what it needs, and a bound token.
-  kc apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: pod-pacemaker}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: pod-pacemaker-agent, namespace: pod-pacemaker}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: pod-pacemaker-agent}
-rules:
-- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
-- {apiGroups: [""], resources: [nodes], verbs: [get, patch]}
-- {apiGroups: [""], resources: [events], verbs: [create]}
-- {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: pod-pacemaker-agent}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pod-pacemaker-agent}
-subjects:
-- {kind: ServiceAccount, name: pod-pacemaker-agent, namespace: pod-pacemaker}
-EOF
+    die "pod-pacemaker needs ${rel}/pod-pacemaker and pod-pacemaker-agent (scripts/build.sh)"
+}
+
+# install_plugin: copy the plugin into the single CNI bin dir the node's containerd uses, under a
+# temporary name first, so that an ADD never executes a half-written file (deploy/README.md).
+install_plugin() {
+  local dir="${STATE}/cni/bin"
+  cp "$(musl_dir)/pod-pacemaker" "${dir}/.pod-pacemaker.tmp"
+  chmod 0755 "${dir}/.pod-pacemaker.tmp"
+  mv -f "${dir}/.pod-pacemaker.tmp" "${dir}/pod-pacemaker"
+}
+
+# plugin_entry SOCKET: our entry of the primary conflist, as deploy/README.md gives it.
+plugin_entry() {
+  printf '{"type": "pod-pacemaker", "daemonSocketPath": "%s", "maxWaitTimeInSeconds": 120, "namespaceExclusions": ["kube-system"], "successOnConnectionTimeout": true, "capabilities": {"io.kubernetes.cri.pod-annotations": true}}' "$1"
+}
+
+# The socket the DaemonSet's agent serves (its --socket argument), inside the node's mount
+# namespace: the hostPath lives on the node's own /run tmpfs.
+manifest_socket() { sed -n 's/^ *- *--socket=\([^ ]*\) *$/\1/p' "${DEPLOY_MANIFEST}" | head -n1; }
+
+# start_pacemaker_daemonset LIMIT: the product as a cluster operator installs it. The image
+# localhost/pod-pacemaker:dev is built from the release binaries and imported into the node's
+# containerd; deploy/pod-pacemaker.yaml is applied from a copy with --max-concurrent=LIMIT; once
+# the agent serves its socket and beats its heartbeat, the plugin is chained.
+start_pacemaker_daemonset() {
+  local limit="$1" socket manifest="${STATE}/pod-pacemaker.yaml"
+  [[ "${limit}" =~ ^[0-9]+$ ]] || die "--limit must be a number: ${limit}"
+  need_release_binaries
+  [[ -f "${DEPLOY_MANIFEST}" ]] || die "no manifest at ${DEPLOY_MANIFEST}"
+  socket="$(manifest_socket)"
+  [[ "${socket}" == /* ]] || die "no '- --socket=/...' argument in ${DEPLOY_MANIFEST}"
+  REALNODE_MUSL_DIR="$(musl_dir)" "${here}/realnode/images.sh" --import "${STATE}/containerd/containerd.sock" product 2>&1 |
+    sed 's/^/realnode: /' >&2
+  sed -E "s/--max-concurrent=[0-9]+/--max-concurrent=${limit}/" "${DEPLOY_MANIFEST}" >"${manifest}"
+  grep -qE -- "--max-concurrent=${limit}\$" "${manifest}" ||
+    die "could not set --max-concurrent=${limit} in a copy of ${DEPLOY_MANIFEST}"
+  kc apply -f "${manifest}" >/dev/null
+  echo daemonset >"${STATE}/pacemaker-mode"
+  echo "${limit}" >"${STATE}/pacemaker-limit"
+  echo "${socket}" >"${STATE}/pacemaker-socket"
+  wait_for "DaemonSet pod-pacemaker/pod-pacemaker-agent rolled out" 90 \
+    kc -n pod-pacemaker rollout status ds/pod-pacemaker-agent --timeout=5s
+  wait_for "agent socket ${socket} and its heartbeat" 60 \
+    in_node_mnt sh -c "test -S '${socket}' && test -e '${socket}.heartbeat'"
+  install_plugin
+  write_conflist "$(plugin_entry "${socket}")"
+  log "pod-pacemaker on: DaemonSet (limit ${limit}), plugin chained in ${STATE}/cni/net.d/10-ppm-realnode.conflist"
+}
+
+# start_pacemaker_host LIMIT: the agent as a host process in the node's namespaces, with the
+# DaemonSet's ServiceAccount and RBAC (from deploy/) and a bound token from the TokenRequest API.
+start_pacemaker_host() {
+  local limit="$1" rel
+  need_release_binaries
+  rel="$(musl_dir)"
+  # Everything in the manifest but the DaemonSet: the last document.
+  awk '/^kind: DaemonSet/{exit} {print}' "${DEPLOY_MANIFEST}" | sed '$d' | kc apply -f - >/dev/null
   (umask 077 && kc -n pod-pacemaker create token pod-pacemaker-agent --duration=24h >"${STATE}/agent.token")
   start agent "${rel}/pod-pacemaker-agent" --node-name "${NODE}" --socket "${STATE}/ppm.sock" \
     --max-concurrent "${limit}" --api-server "https://127.0.0.1:${API_PORT}" \
     --token-file "${STATE}/agent.token" --ca-file "${STATE}/pki/ca.crt"
-  wait_for "agent socket" 20 test -S "${STATE}/ppm.sock"
-  write_conflist "{\"type\": \"pod-pacemaker\", \"daemonSocketPath\": \"${STATE}/ppm.sock\", \"maxWaitTimeInSeconds\": 120, \"capabilities\": {\"io.kubernetes.cri.pod-annotations\": true}}"
+  echo host-process >"${STATE}/pacemaker-mode"
   echo "${limit}" >"${STATE}/pacemaker-limit"
+  echo "${STATE}/ppm.sock" >"${STATE}/pacemaker-socket"
+  wait_for "agent socket" 20 test -S "${STATE}/ppm.sock"
+  install_plugin
+  write_conflist "$(plugin_entry "${STATE}/ppm.sock")"
+  log "pod-pacemaker on: host-process agent (limit ${limit}), plugin chained"
 }
 
-# --- down --------------------------------------------------------------------------------------
 stop_pacemaker() {
+  local mode socket
+  mode="$(cat "${STATE}/pacemaker-mode" 2>/dev/null || echo none)"
+  socket="$(cat "${STATE}/pacemaker-socket" 2>/dev/null || true)"
   write_conflist ""
-  kill_pid_of agent
-  rm -f "${STATE}/cni/bin/pod-pacemaker" "${STATE}/pacemaker-limit" "${STATE}/ppm.sock"
-  log "pod-pacemaker out of the chain, agent stopped"
+  case "${mode}" in
+    daemonset)
+      kc delete -f "${STATE}/pod-pacemaker.yaml" --ignore-not-found --wait=true --timeout=90s >/dev/null ||
+        log "kubectl delete -f ${STATE}/pod-pacemaker.yaml did not finish"
+      # The hostPath directory (socket, heartbeat, state file) stays on a real node; here it goes,
+      # so that the next 'on' starts from nothing.
+      [[ -z "${socket}" ]] || in_node_mnt rm -rf "$(dirname "${socket}")"
+      ;;
+    host-process) kill_pid_of agent ;;
+  esac
+  rm -f "${STATE}/cni/bin/pod-pacemaker" "${STATE}/pacemaker-mode" "${STATE}/pacemaker-limit" \
+    "${STATE}/pacemaker-socket" "${STATE}/ppm.sock" "${STATE}/ppm.sock.heartbeat" "${STATE}/agent.token"
+  log "pod-pacemaker off (was: ${mode}): plugin out of the chain, agent gone"
 }
 
 cmd_pacemaker() {
@@ -542,19 +694,28 @@ cmd_pacemaker() {
   case "${1:-}" in
     on)
       shift
-      local limit=2
+      local limit=2 mode=daemonset
       while [[ $# -gt 0 ]]; do
         case "$1" in
           --limit) limit="$2"; shift ;;
+          --host-process) mode=host-process ;;
           *) die "pacemaker on: unknown argument $1" ;;
         esac
         shift
       done
-      if alive agent; then stop_pacemaker; fi
-      start_pacemaker "${limit}"
+      if [[ -f "${STATE}/pacemaker-mode" ]]; then stop_pacemaker; fi
+      if [[ "${mode}" == daemonset ]]; then
+        start_pacemaker_daemonset "${limit}"
+      else
+        start_pacemaker_host "${limit}"
+      fi
       ;;
     off) stop_pacemaker ;;
-    *) die "usage: pacemaker on [--limit N] | off" ;;
+    status)
+      [[ -f "${STATE}/pacemaker-socket" ]] || die "pod-pacemaker is not on"
+      in_node_mnt "$(musl_dir)/pod-pacemaker-agent" --status --socket "$(cat "${STATE}/pacemaker-socket")"
+      ;;
+    *) die "usage: pacemaker on [--limit N] [--host-process] | off | status" ;;
   esac
 }
 
@@ -599,7 +760,7 @@ cmd_down() {
   for f in /proc/[0-9]*/cmdline; do
     pid="${f#/proc/}"
     pid="${pid%/cmdline}"
-    if tr '\0' ' ' <"${f}" 2>/dev/null | grep -qE "^[^ ]*containerd-shim[^ ]* .*-address ${STATE}/containerd/containerd.sock( |$)"; then
+    if tr '\0' ' ' 2>/dev/null <"${f}" | grep -qE "^[^ ]*containerd-shim[^ ]* .*-address ${STATE}/containerd/containerd.sock( |$)"; then
       log "killing shim pid ${pid}"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
@@ -648,6 +809,9 @@ cmd_status() {
     return 3
   fi
   local name rc=0
+  if [[ -f "${STATE}/pacemaker-mode" ]]; then
+    echo "pod-pacemaker: $(cat "${STATE}/pacemaker-mode"), limit $(cat "${STATE}/pacemaker-limit" 2>/dev/null), socket $(cat "${STATE}/pacemaker-socket" 2>/dev/null)"
+  fi
   for name in holder etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet agent; do
     [[ -f "$(pidfile "${name}")" ]] || continue
     if alive "${name}"; then
@@ -675,17 +839,24 @@ REALNODE_CRICTL=$(bin crictl)
 REALNODE_CONTAINERD_SOCK=${STATE}/containerd/containerd.sock
 REALNODE_POD_CIDR=${POD_CIDR}
 REALNODE_API=https://127.0.0.1:${API_PORT}
+REALNODE_SERVICE_IP=${SERVICE_IP}
+REALNODE_NODE_IP=${NODE_IP}
+REALNODE_STATE_LOGS=${STATE}/logs
+REALNODE_POD_LOGS=${STATE}/pod-logs
 EOF
 }
 
 case "${1:-}" in
-  up) shift; cmd_up "$@" ;;
-  down) shift; cmd_down ;;
+  up) shift; take_lock up; cmd_up "$@" ;;
+  down) shift; take_lock down; cmd_down ;;
   status) shift; cmd_status ;;
-  pacemaker) shift; cmd_pacemaker "$@" ;;
+  pacemaker) shift; [[ "${1:-}" == status ]] || take_lock "pacemaker ${1:-}"; cmd_pacemaker "$@" ;;
   kubectl) shift; kc "$@" ;;
   exec) shift; in_node "$@" ;;
+  node-exec) shift; in_node_mnt "$@" ;;
   env) cmd_env ;;
-  -h|--help|help|"") sed -n '2,33p' "$0" ;;
-  *) die "unknown command: $1 (up|down|status|pacemaker|kubectl|exec|env)" ;;
+  session-lock) shift; cmd_session_lock "$@" ;;
+  session-unlock) shift; cmd_session_unlock "$@" ;;
+  -h|--help|help|"") sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d' ;;
+  *) die "unknown command: $1 (up|down|status|pacemaker|kubectl|exec|node-exec|env|session-lock|session-unlock)" ;;
 esac

@@ -5,8 +5,9 @@
 #
 #   pause      REALNODE_PAUSE_IMAGE    tests/realnode/images/cmd/pause (containerd's sandbox_image)
 #   workload   REALNODE_WORKLOAD_IMAGE tests/realnode/images/cmd/workload (CPU work, then /tmp/ready)
-#   product    REALNODE_PRODUCT_IMAGE  FROM scratch: /usr/local/bin/pod-pacemaker{,-agent} from
+#   product    REALNODE_PRODUCT_IMAGE  FROM scratch: /pod-pacemaker-agent and /pod-pacemaker from
 #                                      target/x86_64-unknown-linux-musl/release/, only when both exist
+#                                      (the layout deploy/pod-pacemaker.yaml's command expects)
 #
 # Tarballs go to ${REALNODE_CACHE:-/var/cache/pod-pacemaker/realnode}/images/<name>.tar; the Go
 # binaries are rebuilt each time (a second or two with a warm Go build cache) so the images never lag
@@ -100,9 +101,10 @@ for name in "${names[@]}"; do
         log "skipping ${REALNODE_PRODUCT_IMAGE}: ${musl_dir}/pod-pacemaker{,-agent} not built (scripts/build.sh)"
         continue
       fi
-      mkdir -p "${root}/usr/local/bin"
-      install -m 0755 "${musl_dir}/pod-pacemaker" "${musl_dir}/pod-pacemaker-agent" "${root}/usr/local/bin/"
-      docker_archive "${REALNODE_PRODUCT_IMAGE}" "${root}" '["/usr/local/bin/pod-pacemaker-agent"]' '[]' "${out}/product.tar"
+      # deploy/pod-pacemaker.yaml runs command ["/pod-pacemaker-agent"]; deploy/README.md documents
+      # both binaries at the root of the image.
+      install -m 0755 "${musl_dir}/pod-pacemaker" "${musl_dir}/pod-pacemaker-agent" "${root}/"
+      docker_archive "${REALNODE_PRODUCT_IMAGE}" "${root}" '["/pod-pacemaker-agent"]' '[]' "${out}/product.tar"
       ;;
   esac
   built+=("${name}")
