@@ -40,6 +40,10 @@ pub enum AgentError {
     },
     /// Setting mode 0600 on the socket failed.
     SetSocketMode { path: PathBuf, source: io::Error },
+    /// The throttle settings cannot be resolved for this node (`perCore` without a CPU count).
+    Throttle(crate::config::throttle::ThrottleError),
+    /// `--status`: asking the running agent failed (it is the client here).
+    QueryStatus { path: PathBuf, problem: String },
     /// The agent is stopping; the client should retry on a new connection.
     ShuttingDown,
     /// Starting a thread failed.
@@ -67,9 +71,11 @@ pub fn error_code(err: &AgentError) -> ErrorCode {
         AgentError::BadRequest(_) => ErrorCode::BadRequest,
         AgentError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
         AgentError::ShuttingDown => ErrorCode::ShuttingDown,
-        AgentError::Superseded
-        | AgentError::TooManyConnections { .. }
-        | AgentError::WaitExpired { .. }
+        AgentError::Superseded => ErrorCode::Superseded,
+        AgentError::TooManyConnections { .. } => ErrorCode::Busy,
+        AgentError::WaitExpired { .. } => ErrorCode::Timeout,
+        AgentError::QueryStatus { .. }
+        | AgentError::Throttle(_)
         | AgentError::BuildKubeClient(_)
         | AgentError::BindSocket { .. }
         | AgentError::CreateSocketDir { .. }
@@ -125,6 +131,14 @@ impl fmt::Display for AgentError {
                     path.display()
                 )
             }
+            AgentError::Throttle(err) => write!(f, "throttle settings: {err}"),
+            AgentError::QueryStatus { path, problem } => {
+                write!(
+                    f,
+                    "asking the agent at {} for its status: {problem}",
+                    path.display()
+                )
+            }
             AgentError::ShuttingDown => f.write_str("agent is shutting down"),
             AgentError::SpawnThread { name, source } => {
                 write!(f, "starting thread {name}: {source}")
@@ -141,9 +155,10 @@ impl fmt::Display for AgentError {
                     "unsupported version {line:?}, this agent speaks {VERSION_LINE}"
                 )
             }
-            AgentError::WaitExpired { timeout_ms } => {
-                write!(f, "no slot within timeout_ms={timeout_ms}")
-            }
+            AgentError::WaitExpired { timeout_ms } => write!(
+                f,
+                "no slot within timeout_ms={timeout_ms}; the pod keeps its place for a retry"
+            ),
         }
     }
 }
@@ -160,7 +175,9 @@ impl std::error::Error for AgentError {
             | AgentError::SetSocketMode { source, .. }
             | AgentError::SpawnThread { source, .. }
             | AgentError::InstallSignalHandler(source) => Some(source),
+            AgentError::Throttle(err) => Some(err),
             AgentError::NotASocket { .. }
+            | AgentError::QueryStatus { .. }
             | AgentError::ShuttingDown
             | AgentError::Superseded
             | AgentError::TooManyConnections { .. }
@@ -190,9 +207,11 @@ mod tests {
                 ErrorCode::UnsupportedVersion,
             ),
             (AgentError::ShuttingDown, ErrorCode::ShuttingDown),
+            (AgentError::TooManyConnections { limit: 1 }, ErrorCode::Busy),
+            (AgentError::Superseded, ErrorCode::Superseded),
             (
-                AgentError::TooManyConnections { limit: 1 },
-                ErrorCode::Internal,
+                AgentError::WaitExpired { timeout_ms: 5 },
+                ErrorCode::Timeout,
             ),
         ];
         for (err, code) in cases {

@@ -8,7 +8,8 @@
 //! - `agent-sched`: owns all pacing state (`scheduler`), the only thread that changes it;
 //! - `agent-sock`: accepts connections on the Unix socket (`server`);
 //! - `agent-conn`: one per connection, relays one request to the scheduler and its replies back;
-//! - `agent-signal`: turns SIGTERM/SIGINT into an orderly stop.
+//! - `agent-signal`: turns SIGTERM/SIGINT into an orderly stop, and SIGHUP into a re-read of the
+//!   `--config` file, whose limits `main` hands to the scheduler.
 //!
 //! The socket is created only after the first pod list has been applied, so its existence means
 //! "ready". On a signal the agent stops accepting, removes the socket, tells waiters
@@ -34,9 +35,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn, LevelFilter};
 use pod_pacemaker::heartbeat;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use config::throttle;
 use config::{Command, Config};
 use error::AgentError;
 use kube::KubeClient;
@@ -50,6 +52,8 @@ enum MainEvent {
     Ready,
     /// SIGTERM or SIGINT.
     Stop,
+    /// SIGHUP: read the config file again.
+    Reload,
 }
 
 /// How long to let connections write their last reply on shutdown.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             print!("{}", config::USAGE);
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Status { socket }) => return print_status(&socket),
         Err(err) => {
             eprintln!("pod-pacemaker-agent: {err}");
             eprintln!("run pod-pacemaker-agent --help for the options");
@@ -86,12 +91,17 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<(), AgentError> {
+    let limits = config
+        .throttle
+        .resolve(throttle::node_cpus())
+        .map_err(AgentError::Throttle)?;
     info!(
-        "starting pod-pacemaker-agent {} node={} max_concurrent={} lease={}s api_server={}",
+        "starting pod-pacemaker-agent {} node={} {} lease={}s release_on={:?} api_server={}",
         env!("CARGO_PKG_VERSION"),
         config.node_name,
-        config.max_concurrent,
+        config.throttle.describe(&limits),
         config.lease.as_secs(),
+        config.release_on,
         config.api_server
     );
 
@@ -104,10 +114,16 @@ fn run(config: &Config) -> Result<(), AgentError> {
 
     // 3. The scheduler, then the watch that feeds it.
     let (sched_tx, sched_rx) = mpsc::channel::<SchedMsg>();
-    let scheduler = Scheduler::new(config.max_concurrent, config.lease);
+    let scheduler = Scheduler::new(
+        scheduler::Options::from_config(config),
+        limits,
+        restore_state(config),
+        Instant::now(),
+    );
     let ready_tx = main_tx;
+    let state_file = config.state_file.clone();
     let sched_thread = spawn("agent-sched", move || {
-        scheduler::run(scheduler, &sched_rx, || {
+        scheduler::run(scheduler, &sched_rx, Some(&state_file), || {
             let _ = ready_tx.send(MainEvent::Ready);
         });
     })?;
@@ -121,11 +137,14 @@ fn run(config: &Config) -> Result<(), AgentError> {
 
     // 4. Wait for the first pod list; a signal before it ends the run.
     info!("waiting for the first pod list before serving");
-    match main_rx.recv() {
-        Ok(MainEvent::Ready) => {}
-        Ok(MainEvent::Stop) | Err(_) => {
-            info!("stopping before ready");
-            return Ok(());
+    loop {
+        match main_rx.recv() {
+            Ok(MainEvent::Ready) => break,
+            Ok(MainEvent::Reload) => reload(config, &sched_tx),
+            Ok(MainEvent::Stop) | Err(_) => {
+                info!("stopping before ready");
+                return Ok(());
+            }
         }
     }
 
@@ -144,8 +163,8 @@ fn run(config: &Config) -> Result<(), AgentError> {
     spawn_heartbeat(&config.socket)?;
     info!("ready: serving {}", config.socket.display());
 
-    // 6. Run until a signal.
-    wait_for_stop(&main_rx);
+    // 6. Run until a stop signal; SIGHUP reloads the limits.
+    wait_for_stop(&main_rx, config, &sched_tx);
     info!("stopping");
 
     // 7. Stop accepting, remove the socket, tell the waiters, let connections finish writing.
@@ -170,21 +189,80 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn wait_for_stop(events: &Receiver<MainEvent>) {
+fn wait_for_stop(events: &Receiver<MainEvent>, config: &Config, scheduler: &Sender<SchedMsg>) {
     loop {
         match events.recv() {
             Ok(MainEvent::Stop) | Err(_) => return,
+            Ok(MainEvent::Reload) => reload(config, scheduler),
             Ok(MainEvent::Ready) => {}
         }
     }
 }
 
+/// SIGHUP: reads the `--config` file again and hands the new limits to the scheduler. A file that
+/// does not parse is logged and the running limits stay (FIELD.md W6).
+fn reload(config: &Config, scheduler: &Sender<SchedMsg>) {
+    let Some(path) = &config.config_file else {
+        info!("SIGHUP without --config: nothing to reload");
+        return;
+    };
+    let limits = throttle::read_file(path).and_then(|t| {
+        let limits = t.resolve(throttle::node_cpus())?;
+        info!("reloaded {}: {}", path.display(), t.describe(&limits));
+        Ok(limits)
+    });
+    match limits {
+        Ok(limits) => {
+            let _ = scheduler.send(SchedMsg::Reconfigure(limits));
+        }
+        Err(err) => error!(
+            "config file {}: {err}; keeping the limits in force",
+            path.display()
+        ),
+    }
+}
+
+/// The state file of the previous run, if there is a usable one.
+fn restore_state(config: &Config) -> Option<scheduler::state::Restored> {
+    match scheduler::state::load(&config.state_file) {
+        Ok(Some(saved)) => Some(saved.restore(Instant::now(), scheduler::state::wall_now_ns())),
+        Ok(None) => None,
+        Err(err) => {
+            warn!("{err}; starting from the pod list alone");
+            None
+        }
+    }
+}
+
+/// `--status`: prints the running agent's answer, one line each, and exits 0; 1 when it cannot
+/// be asked.
+fn print_status(socket: &std::path::Path) -> ExitCode {
+    match server::query_status(socket) {
+        Ok(lines) => {
+            for line in lines {
+                print!("{}", line.encode());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("pod-pacemaker-agent: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn spawn_signal_thread(events: Sender<MainEvent>) -> Result<(), AgentError> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(AgentError::InstallSignalHandler)?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(AgentError::InstallSignalHandler)?;
     spawn("agent-signal", move || {
-        if let Some(signal) = signals.forever().next() {
+        for signal in signals.forever() {
             info!("received signal {signal}");
+            if signal == SIGHUP {
+                let _ = events.send(MainEvent::Reload);
+                continue;
+            }
             let _ = events.send(MainEvent::Stop);
+            return;
         }
     })?;
     Ok(())
@@ -242,7 +320,9 @@ fn init_logging(level: LevelFilter) -> Result<(), log::SetLoggerError> {
     simple_logger::SimpleLogger::new()
         .with_level(level)
         .with_module_level("ureq", library_level)
-        .with_module_level("ureq_proto", library_level)
+        // ureq_proto's trace level dumps the raw request bytes, Authorization header included:
+        // never above debug, so the token cannot reach the log (STYLE.md habit 8).
+        .with_module_level("ureq_proto", library_level.min(LevelFilter::Debug))
         .with_module_level("rustls", library_level)
         .with_utc_timestamps()
         .with_threads(true)

@@ -8,11 +8,14 @@
 //! socket this process made (a newer agent may have replaced it).
 //!
 //! The `agent-sock` thread accepts; each connection gets an `agent-conn` thread, up to
-//! [`MAX_CONNECTIONS`] at once. A connection reads the version line and one request under a read
-//! timeout, answers `PING` itself, and hands a `WAIT` to the scheduler, writing each reply it sends
-//! back. While it waits it checks every [`CLOSE_POLL`] whether the client has closed, and tells
-//! the scheduler ([`SchedMsg::Gone`]) when the client left or a reply could not be written. Every
-//! line is built and parsed by `pod_pacemaker::protocol`.
+//! [`MAX_CONNECTIONS`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
+//! version line and one request under a read timeout, answers `PING` itself, asks the scheduler
+//! for a `STATUS`, and hands a `WAIT` to the scheduler, writing each reply it sends back. While it
+//! waits it checks every [`CLOSE_POLL`] whether the client has closed, and tells the scheduler
+//! ([`SchedMsg::Gone`]) when the client left or a reply could not be written. A line that does not
+//! parse, or is too long, gets one `ERROR` and the connection is closed; it touches nothing else,
+//! so every other client is served as before. Every line is built and parsed by
+//! `pod_pacemaker::protocol`; [`query_status`] is the client side of `STATUS`, for `--status`.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
@@ -26,7 +29,7 @@ use std::thread;
 use std::time::Duration;
 
 use log::{debug, warn};
-use pod_pacemaker::protocol::{self, Reply, Request, WaitRequest};
+use pod_pacemaker::protocol::{self, Reply, Request, StatusReply, WaitRequest};
 
 use crate::error::{error_reply, AgentError};
 use crate::scheduler::{ConnId, SchedMsg};
@@ -277,10 +280,7 @@ fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedM
             let _ = write_reply(stream, &Reply::Pong);
         }
         Request::Wait(wait) => serve_wait(stream, conn, wait, scheduler),
-        // TODO(#6): answer from the scheduler (next commit).
-        Request::Status => {
-            let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
-        }
+        Request::Status => serve_status(stream, scheduler),
     }
 }
 
@@ -342,6 +342,72 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
     }
 }
 
+/// Asks the scheduler for its status and writes the lines.
+fn serve_status(stream: &UnixStream, scheduler: &Sender<SchedMsg>) {
+    let (replies, from_scheduler) = mpsc::channel();
+    let lines = scheduler
+        .send(SchedMsg::Status { replies })
+        .ok()
+        .and_then(|()| from_scheduler.recv_timeout(REQUEST_TIMEOUT).ok());
+    let Some(lines) = lines else {
+        let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
+        return;
+    };
+    let mut text = String::with_capacity(64 * lines.len());
+    for line in &lines {
+        text.push_str(&line.encode());
+    }
+    let mut writer = stream;
+    let _ = writer.write_all(text.as_bytes());
+}
+
+/// The client side of `STATUS`: connects to the agent at `socket` and returns its answer, the
+/// final `STATUS` summary last.
+pub fn query_status(socket: &Path) -> Result<Vec<StatusReply>, AgentError> {
+    let fail = |problem: String| AgentError::QueryStatus {
+        path: socket.to_owned(),
+        problem,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| fail(format!("connecting: {e}")))?;
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .map_err(|e| fail(e.to_string()))?;
+    let request = [protocol::version_line(), Request::Status.encode()].concat();
+    let mut writer = &stream;
+    writer
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(format!("sending: {e}")))?;
+    let mut reader = BufReader::new(&stream);
+    let mut next_line = || match protocol::read_line(&mut reader) {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Err(fail("the agent closed the connection".to_owned())),
+        Err(err) => Err(fail(err.to_string())),
+    };
+    let version = next_line()?;
+    if !protocol::check_version(&version) {
+        let problem = match StatusReply::decode(&version) {
+            Ok(StatusReply::Error { code, message }) => format!("{code}: {message}"),
+            _ => format!("unexpected version line {version:?}"),
+        };
+        return Err(fail(problem));
+    }
+    let mut lines = Vec::new();
+    loop {
+        let line = next_line()?;
+        let reply = StatusReply::decode(&line)
+            .map_err(|err| fail(format!("reply {line:?} does not parse: {err}")))?;
+        if let StatusReply::Error { code, message } = &reply {
+            return Err(fail(format!("{code}: {message}")));
+        }
+        let last = reply.is_final();
+        lines.push(reply);
+        if last {
+            return Ok(lines);
+        }
+    }
+}
+
 /// Whether the client has closed its end. A client sends nothing after its request, so a read
 /// that returns end-of-file means it closed; bytes it sends anyway are dropped. The client must
 /// not shut down its writing half while it waits (the plugin never does).
@@ -360,13 +426,8 @@ fn client_closed(stream: &UnixStream) -> bool {
 }
 
 fn write_version(stream: &UnixStream) -> io::Result<()> {
-    // The version line has no encoder in the protocol module; it is the constant plus '\n', as
-    // the plugin writes it.
-    let mut line = String::with_capacity(protocol::VERSION_LINE.len() + 1);
-    line.push_str(protocol::VERSION_LINE);
-    line.push('\n');
     let mut writer = stream;
-    writer.write_all(line.as_bytes())
+    writer.write_all(protocol::version_line().as_bytes())
 }
 
 fn write_reply(stream: &UnixStream, reply: &Reply) -> io::Result<()> {

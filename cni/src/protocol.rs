@@ -922,8 +922,16 @@ mod tests {
                     .expect("fits the limit")
                     .expect("a line")
             };
-            assert_eq!(Request::decode(&next()).expect("request"), request, "seed {seed}");
-            assert_eq!(StatusReply::decode(&next()).expect("status"), waiter, "seed {seed}");
+            assert_eq!(
+                Request::decode(&next()).expect("request"),
+                request,
+                "seed {seed}"
+            );
+            assert_eq!(
+                StatusReply::decode(&next()).expect("status"),
+                waiter,
+                "seed {seed}"
+            );
             assert_eq!(Reply::decode(&next()).expect("reply"), reply, "seed {seed}");
         }
     }

@@ -179,11 +179,17 @@ pub struct PodCondition {
 pub struct ContainerStatus {
     pub name: Option<String>,
     pub state: Option<ContainerState>,
+    /// Set once the container was created, which needs the pod's sandbox.
+    #[serde(rename = "containerID")]
+    pub container_id: Option<String>,
+    /// The container has started (and passed its startup probe, if it has one).
+    pub started: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ContainerState {
     pub waiting: Option<ContainerStateWaiting>,
+    pub running: Option<IgnoredAny>,
     pub terminated: Option<ContainerStateTerminated>,
 }
 
@@ -222,6 +228,7 @@ impl Pod {
         // 1. Skip rules: the annotation, then a DaemonSet owner.
         let annotations = meta.annotations.unwrap_or_default();
         let annotated = annotations.skip.as_deref() == Some("true");
+        let pace_forced = annotations.skip.as_deref().is_some_and(|v| v != "true");
         let daemonset = meta
             .owner_references
             .as_ref()
@@ -239,17 +246,8 @@ impl Pod {
         // 2. Release rules, the most final first.
         let (release, release_detail) = release_reason(meta.deletion_timestamp.is_some(), &status);
 
-        // 3. Whether the sandbox exists already: an IP, or any container status. An empty status
-        //    does not count (FIELD.md W4).
-        let sandbox_started = status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
-            || status
-                .container_statuses
-                .as_ref()
-                .is_some_and(|s| !s.is_empty())
-            || status
-                .init_container_statuses
-                .as_ref()
-                .is_some_and(|s| !s.is_empty());
+        // 3. Whether the sandbox exists, and whether every container has started.
+        let (sandbox_started, started) = container_facts(&status);
 
         let mirror_of = annotations.mirror.filter(|v| !v.is_empty());
 
@@ -262,11 +260,35 @@ impl Pod {
             priority: spec.priority.unwrap_or(0),
             host_network: spec.host_network.unwrap_or(false),
             skip,
+            pace_forced,
             sandbox_started,
+            started,
             release,
             release_detail,
         })
     }
+}
+
+/// Whether the pod's sandbox exists (an IP, or a container that was created or ran), and whether
+/// every container has started. The kubelet lists a container as waiting in `ContainerCreating`
+/// before the sandbox exists, while the ADD is still blocked in the plugin, so a status alone is
+/// no evidence; neither is an empty status list ever "started" (FIELD.md W4, log entry 20).
+fn container_facts(status: &PodStatus) -> (bool, bool) {
+    let regular = status.container_statuses.as_deref().unwrap_or_default();
+    let init = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
+    let created = |c: &ContainerStatus| {
+        c.container_id.as_deref().is_some_and(|id| !id.is_empty())
+            || c.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+    };
+    let sandbox = status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+        || regular.iter().chain(init).any(created);
+    let started = !regular.is_empty() && regular.iter().all(|c| c.started == Some(true));
+    (sandbox, started)
 }
 
 /// Why a slot held by a pod in this state is released, with a detail for the debug log.
@@ -487,16 +509,61 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_started_needs_an_ip_or_a_status() {
+    fn sandbox_started_needs_an_ip_or_a_created_container() {
         let with_ip = info(&format!(r#"{{{META},"status":{{"podIP":"10.0.0.5"}}}}"#));
         assert!(with_ip.sandbox_started);
-        let with_status = info(&format!(
-            r#"{{{META},"status":{{"containerStatuses":[{{"name":"c"}}]}}}}"#
+        let created = info(&format!(
+            r#"{{{META},"status":{{"containerStatuses":[{{"name":"c","containerID":"containerd://ab"}}]}}}}"#
         ));
-        assert!(with_status.sandbox_started);
+        assert!(created.sandbox_started);
+        let init_ran = info(&format!(
+            r#"{{{META},"status":{{"initContainerStatuses":[{{"name":"i","state":{{"terminated":{{"exitCode":0}}}}}}]}}}}"#
+        ));
+        assert!(init_ran.sandbox_started);
+        // What the kubelet posts while the ADD is still blocked: no IP, containers "creating".
+        let creating = info(&format!(
+            r#"{{{META},"status":{{"containerStatuses":[{{"name":"c",
+            "state":{{"waiting":{{"reason":"ContainerCreating"}}}}}}]}}}}"#
+        ));
+        assert!(!creating.sandbox_started);
         let empty = info(&format!(
             r#"{{{META},"status":{{"podIP":"","containerStatuses":[]}}}}"#
         ));
         assert!(!empty.sandbox_started);
+    }
+
+    #[test]
+    fn started_needs_every_container_started() {
+        let started = |statuses: &str| {
+            info(&format!(
+                r#"{{{META},"status":{{"containerStatuses":{statuses}}}}}"#
+            ))
+            .started
+        };
+        assert!(started(
+            r#"[{"name":"a","started":true},{"name":"b","started":true}]"#
+        ));
+        assert!(!started(
+            r#"[{"name":"a","started":true},{"name":"b","started":false}]"#
+        ));
+        assert!(!started(r#"[{"name":"a","started":true},{"name":"b"}]"#));
+        assert!(!started("[]"));
+        assert!(!info(&format!("{{{META}}}")).started);
+    }
+
+    #[test]
+    fn skip_annotation_other_than_true_forces_pacing() {
+        let forced = info(
+            r#"{"metadata":{"name":"a","namespace":"b","uid":"u",
+            "annotations":{"pod-pacemaker/skip":"false"},
+            "ownerReferences":[{"kind":"DaemonSet"}]}}"#,
+        );
+        assert!(forced.pace_forced);
+        let skipped = info(
+            r#"{"metadata":{"name":"a","namespace":"b","uid":"u",
+            "annotations":{"pod-pacemaker/skip":"true"}}}"#,
+        );
+        assert!(!skipped.pace_forced);
+        assert!(!info(&format!("{{{META}}}")).pace_forced);
     }
 }
