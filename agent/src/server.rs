@@ -668,4 +668,160 @@ mod tests {
         assert!(!path.exists());
         let _ = fs::remove_dir_all(&dir);
     }
+    /// Sends `input` on a new connection and reads every line until the agent closes.
+    fn converse(path: &Path, input: &[u8]) -> Vec<String> {
+        let client = UnixStream::connect(path).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut writer = &client;
+        // The agent may close before reading everything; what it sent can still be read.
+        let _ = writer.write_all(input);
+        BufReader::new(&client)
+            .lines()
+            .map_while(Result::ok)
+            .collect()
+    }
+
+    /// Sends a WAIT and returns the connection, to read its replies line by line.
+    fn start_wait(path: &Path, name: &str) -> BufReader<UnixStream> {
+        let client = UnixStream::connect(path).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let request = format!("pod-pacemaker/1\nWAIT namespace=ns name={name} uid=u-{name}\n");
+        (&client).write_all(request.as_bytes()).expect("write");
+        BufReader::new(client)
+    }
+
+    fn next_line(reader: &mut BufReader<UnixStream>) -> String {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("a line before the timeout");
+        line.trim_end().to_owned()
+    }
+
+    #[test]
+    fn bad_clients_are_cut_off_while_the_others_are_served() {
+        use crate::config::throttle::Limits;
+        use crate::kube::KubeEvent;
+        use crate::scheduler::{self, Options, Scheduler};
+
+        let dir = temp_dir("mixed");
+        let path = dir.join("s.sock");
+        let (listener, file) = bind(&path).expect("binds");
+        let server = Server::new();
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let options = Options {
+            lease: Duration::from_secs(300),
+            release_on: crate::pod::ReleaseOn::Ready,
+            skip: crate::pod::SkipOptions::default(),
+            unknown_pod_wait: Duration::ZERO,
+            unknown_pod_policy: crate::config::UnknownPodPolicy::Pace,
+            position_interval: Duration::ZERO,
+            position_memory: scheduler::POSITION_MEMORY,
+            restart_grace: scheduler::RESTART_GRACE,
+        };
+        let limits = Limits {
+            max_concurrent: 1,
+            rate_limit: None,
+        };
+        let sched = thread::spawn(move || {
+            let s = Scheduler::new(options, limits, None, std::time::Instant::now());
+            scheduler::run(s, &rx, None, || {});
+        });
+        tx.send(SchedMsg::Kube(KubeEvent::Resynced(Vec::new())))
+            .expect("send");
+        let acceptor = {
+            let server = Arc::clone(&server);
+            let tx = tx.clone();
+            thread::spawn(move || server.accept_loop(&listener, &tx))
+        };
+
+        // 1. One pod holds the only slot, another waits.
+        let mut holder = start_wait(&path, "a");
+        assert_eq!(next_line(&mut holder), "pod-pacemaker/1");
+        assert_eq!(next_line(&mut holder), "GRANTED reason=slot");
+        let mut waiter = start_wait(&path, "b");
+        assert_eq!(next_line(&mut waiter), "pod-pacemaker/1");
+        assert_eq!(
+            next_line(&mut waiter),
+            "QUEUED position=1 holders=1 limit=1"
+        );
+
+        // 2. Bad clients each get one ERROR naming the problem, then the agent closes.
+        let mut long = b"pod-pacemaker/1\n".to_vec();
+        long.extend(vec![b'W'; 4 * protocol::MAX_LINE_BYTES]);
+        long.push(b'\n');
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (long, "ERROR code=line-too-long"),
+            (
+                b"pod-pacemaker/1\nHELLO there\n".to_vec(),
+                "ERROR code=bad-request",
+            ),
+            (
+                b"pod-pacemaker/1\nWAIT namespace=a\n".to_vec(),
+                "ERROR code=bad-request",
+            ),
+            (
+                b"pod-pacemaker/1\nWA\xffIT\n".to_vec(),
+                "ERROR code=bad-request",
+            ),
+            (
+                b"pod-pacemaker/7\nPING\n".to_vec(),
+                "ERROR code=unsupported-version",
+            ),
+            (
+                vec![b'x'; 3 * protocol::MAX_LINE_BYTES],
+                "ERROR code=line-too-long",
+            ),
+        ];
+        for (input, want) in cases {
+            let lines = converse(&path, &input);
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].starts_with(want), "{lines:?}");
+        }
+
+        // 3. The agent still knows and serves everyone: STATUS, then the waiter's grant.
+        let status = query_status(&path).expect("status");
+        let encoded: Vec<String> = status.iter().map(StatusReply::encode).collect();
+        assert_eq!(
+            encoded,
+            [
+                format!(
+                    "HOLDER namespace=ns name=a uid=u-a held_ms={}\n",
+                    match &status[0] {
+                        StatusReply::Holder(h) => h.held_ms,
+                        _ => 0,
+                    }
+                ),
+                format!(
+                    "WAITER position=1 namespace=ns name=b uid=u-b priority=0 waited_ms={} state=queued\n",
+                    match &status[1] {
+                        StatusReply::Waiter(w) => w.waited_ms,
+                        _ => 0,
+                    }
+                ),
+                "STATUS holders=1 limit=1 waiting=1 remembered=0\n".to_owned(),
+            ]
+        );
+        tx.send(SchedMsg::Kube(KubeEvent::PodDeleted("u-a".to_owned())))
+            .expect("send");
+        assert_eq!(next_line(&mut waiter), "GRANTED reason=slot");
+
+        // 4. Stop.
+        server.stop(&path);
+        acceptor.join().expect("acceptor stops");
+        tx.send(SchedMsg::Shutdown).expect("send");
+        sched.join().expect("scheduler stops");
+        file.remove();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn query_status_reports_an_absent_agent() {
+        let err = query_status(Path::new("/nonexistent/ppm.sock")).expect_err("no agent");
+        assert!(err.to_string().contains("connecting"), "{err}");
+    }
 }
