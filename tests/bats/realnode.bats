@@ -1,152 +1,107 @@
 #!/usr/bin/env bats
-# Smoke tests on the real single-node Kubernetes (scripts/realnode.sh): etcd, kube-apiserver,
-# controller-manager, scheduler, containerd + runc and a kubelet, all in their own network
-# namespace. The node comes up once for the file (setup_file) and goes down in teardown_file.
-#
-# When it runs:
-#   REALNODE_E2E=1   always (builds the pinned binaries first when they are not cached: a cold
-#                    build takes tens of minutes, see docs/testing.md)
-#   REALNODE_E2E=0   never
-#   unset            only when every binary is already in the cache (a warm machine), so that
-#                    `bats tests/bats/` never starts a cold build by surprise
-# and only as root on a cgroup v1 host, with containerd and runc installed (build.sh installs them).
+# The real single-node Kubernetes (scripts/realnode.sh): etcd, kube-apiserver, controller-manager,
+# scheduler, containerd + runc and a kubelet in their own network namespace, brought up once for
+# this file and taken down at its end. First the node itself (smoke tests), then the product as a
+# cluster operator installs it: deploy/pod-pacemaker.yaml (the agent's DaemonSet, limit patched in)
+# and our plugin chained in the node's primary conflist. See docs/testing.md, "The real node", and
+# tests/realnode/bats-lib.bash for when this file runs or skips.
 
 bats_require_minimum_version 1.5.0
 
-realnode_lib() {
-  local f
-  f="$(dpkg -L "$1" 2>/dev/null | grep '/load\.bash$' | head -n1)"
-  echo "${f%/load.bash}"
-}
+load '../realnode/bats-lib'
 
-# realnode_skip_reason: why this machine cannot run the real node now, or nothing. (bats 1.8's
-# `skip` in setup_file fails the file, so setup_file records the reason and setup() skips.)
-realnode_skip_reason() {
-  if [[ "${REALNODE_E2E:-}" == 0 ]]; then
-    echo "REALNODE_E2E=0: real node tests disabled"
-    return
-  fi
-  if [[ "$(id -u)" -ne 0 ]]; then
-    echo "the real node needs root (netns, mounts, cgroups, containerd)"
-    return
-  fi
-  if [[ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" == cgroup2fs ]]; then
-    echo "the real node is written for a cgroup v1 host; this one is cgroup v2 only"
-    return
-  fi
-  if [[ "${REALNODE_E2E:-}" != 1 ]]; then
-    local c missing=()
-    for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl crictl; do
-      [[ -x "$("${REALNODE_BUILD}" --print-path "${c}")" ]] || missing+=("${c}")
-    done
-    if [[ ${#missing[@]} -gt 0 ]]; then
-      echo "real node binaries not cached (${missing[*]}): run scripts/realnode/build.sh or set REALNODE_E2E=1"
-      return
-    fi
-  fi
-  # Debian's containerd, runc and CNI plugins, and (REALNODE_E2E=1) any missing binary: idempotent,
-  # a second when everything is there.
-  echo "# scripts/realnode/build.sh (a cold build takes about 8 minutes)" >&3
-  if ! "${REALNODE_BUILD}" >"${BATS_FILE_TMPDIR}/build.log" 2>&1; then
-    tail -n 30 "${BATS_FILE_TMPDIR}/build.log" >&3
-  fi
-  local tool
-  for tool in containerd containerd-shim-runc-v2 runc ctr; do
-    if ! command -v "${tool}" >/dev/null; then
-      echo "${tool} is not installed and could not be installed (apt-get install containerd runc; see ${BATS_FILE_TMPDIR}/build.log)"
-      return
-    fi
-  done
-  for tool in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl crictl; do
-    if [[ ! -x "$("${REALNODE_BUILD}" --print-path "${tool}")" ]]; then
-      echo "${tool} could not be built (see ${BATS_FILE_TMPDIR}/build.log)"
-      return
-    fi
-  done
-  # One real node per machine. A live one belongs to someone (a developer, another run): leave it
-  # alone.
-  if "${REALNODE}" status >/dev/null 2>&1; then
-    echo "a real node is already up in ${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}; not touching it"
-    return
-  fi
-}
+setup_file() { realnode_setup_file; }
+teardown_file() { realnode_teardown_file; }
+setup() { realnode_setup; }
 
-setup_file() {
-  export REPO_ROOT
-  REPO_ROOT="$(cd "${BATS_TEST_DIRNAME}/../.." && pwd)"
-  export REALNODE="${REPO_ROOT}/scripts/realnode.sh"
-  export REALNODE_BUILD="${REPO_ROOT}/scripts/realnode/build.sh"
-  export REALNODE_SKIP
-  REALNODE_SKIP="$(realnode_skip_reason)"
-  if [[ -n "${REALNODE_SKIP}" ]]; then
-    echo "# skipping the real node: ${REALNODE_SKIP}" >&3
-    return 0
-  fi
+WORKLOAD=localhost/ppm-workload:dev
+MISSING_IMAGE=localhost/ppm-does-not-exist:dev
 
-  # A node whose processes are gone is left over from an interrupted run: clean it first.
-  "${REALNODE}" down >&3 2>&1 || true
-  touch "${BATS_FILE_TMPDIR}/ours"
-  local t0 t1
-  t0="$(date +%s.%N)"
-  if ! "${REALNODE}" up >"${BATS_FILE_TMPDIR}/up.log" 2>&1; then
-    cat "${BATS_FILE_TMPDIR}/up.log" >&3
-    return 1
-  fi
-  t1="$(date +%s.%N)"
-  awk -v a="${t0}" -v b="${t1}" 'BEGIN{printf "# realnode up: %.1fs\n", b-a}' >&3
-  # shellcheck disable=SC1090
-  source <("${REALNODE}" env | sed 's/^/export /')
-}
-
-teardown_file() {
-  if [[ -z "${REALNODE:-}" || ! -e "${BATS_FILE_TMPDIR}/ours" ]]; then
-    return 0
-  fi
-  if [[ -f "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/.pod-pacemaker-realnode" ]]; then
-    "${REALNODE}" status >&3 2>&1 || true
-  fi
-  "${REALNODE}" down >&3 2>&1
-}
-
-setup() {
-  if [[ -n "${REALNODE_SKIP:-}" ]]; then
-    skip "${REALNODE_SKIP}"
-  fi
-  load "$(realnode_lib bats-support)/load"
-  load "$(realnode_lib bats-assert)/load"
-}
-
-kc() { "${REALNODE}" kubectl "$@"; }
-
-# workload_pod NAME IMAGE WORK_SECONDS: a pod with an exec readiness probe on /tmp/ready.
+# workload_pod NAME WORK_SECONDS [NAMESPACE [IMAGE [ANNOTATIONS_FLOW_MAP]]]: a pod whose container
+# does WORK_SECONDS of CPU work, then passes its exec readiness probe.
 workload_pod() {
+  local annotations="{}"
+  [[ -z "${5:-}" ]] || annotations="$5"
   kc apply -f - <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
   name: $1
-  namespace: default
+  namespace: ${3:-default}
+  labels: {test: realnode}
+  annotations: ${annotations}
 spec:
-  terminationGracePeriodSeconds: 2
+  terminationGracePeriodSeconds: 1
   containers:
   - name: work
-    image: $2
+    image: ${4:-${WORKLOAD}}
     imagePullPolicy: IfNotPresent
     env:
-    - {name: WORK_SECONDS, value: "$3"}
+    - {name: WORK_SECONDS, value: "$2"}
     readinessProbe:
       exec: {command: ["/workload", "-ready-file", "/tmp/ready", "-check"]}
       periodSeconds: 1
-      failureThreshold: 120
+      failureThreshold: 100000
 EOF
 }
+
+# workload_deployment NAME WORK_SECONDS: a Deployment with 0 replicas of the workload.
+workload_deployment() {
+  kc apply -f - <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1, namespace: default}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: work
+        image: ${WORKLOAD}
+        env: [{name: WORK_SECONDS, value: "$2"}]
+        readinessProbe:
+          exec: {command: ["/workload", "-check"]}
+          periodSeconds: 1
+EOF
+}
+
+pod_ip() { kc get pod "$1" -n "${2:-default}" -o 'jsonpath={.status.podIP}' 2>/dev/null; }
+has_ip() { [[ -n "$(pod_ip "$@")" ]]; }
+is_ready() {
+  [[ "$(kc get pod "$1" -n "${2:-default}" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
+ready_replicas() { kc get deploy "$1" -o 'jsonpath={.status.readyReplicas}' 2>/dev/null; }
+all_ready() { [[ "$(ready_replicas "$1")" == "$2" ]]; }
+waiting_reason() {
+  kc get pod "$1" -o 'jsonpath={.status.containerStatuses[0].state.waiting.reason}' 2>/dev/null
+}
+agent_log_has() { agent_log | grep -qE "$1"; }
+
+# The agent's container id and its process id on the host.
+agent_container() {
+  "${REALNODE_CRICTL}" --runtime-endpoint "unix://${REALNODE_CONTAINERD_SOCK}" ps --name '^agent$' --state running -q | head -n1
+}
+agent_pid() {
+  "${REALNODE_CRICTL}" --runtime-endpoint "unix://${REALNODE_CONTAINERD_SOCK}" inspect \
+    -o go-template --template '{{.info.pid}}' "$(agent_container)"
+}
+
+cleanup_pods() {
+  kc delete deploy --all --wait=false >/dev/null 2>&1 || true
+  kc delete pods -l test=realnode -A --wait=true --timeout=60s >/dev/null 2>&1 || true
+}
+
+# --- the node ----------------------------------------------------------------------------------
 
 @test "real node: a workload pod becomes Ready behind its readiness probe and gets an IP from the pod CIDR" {
   run kc get node "${REALNODE_NODE}" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}'
   assert_success
   assert_output --regexp '^True v1\.34\.[0-9]+ containerd://1\.'
 
-  run workload_pod smoke "localhost/ppm-workload:dev" 3
+  run workload_pod smoke 3
   assert_success
   run kc wait --for=condition=Ready pod/smoke --timeout=120s
   assert_success
@@ -159,7 +114,7 @@ EOF
   (($(date -d "${ready}" +%s) - $(date -d "${started}" +%s) >= 3)) ||
     fail "Ready at ${ready}, only $(($(date -d "${ready}" +%s) - $(date -d "${started}" +%s)))s after the start at ${started}"
 
-  run kc get pod smoke -o 'jsonpath={.status.podIP}'
+  run pod_ip smoke
   assert_success
   assert_output --regexp '^10\.244\.77\.[0-9]+$'
   # The IP is on eth0 of the pod's sandbox, as the runtime reports it.
@@ -174,16 +129,9 @@ EOF
 }
 
 @test "real node: an image that was never imported is a natural ErrImagePull, and no traffic leaves the node's netns" {
-  run workload_pod nosuchimage "localhost/ppm-does-not-exist:dev" 0
+  run workload_pod nosuchimage 0 default "${MISSING_IMAGE}"
   assert_success
-  local reason="" i
-  for i in $(seq 1 60); do
-    reason="$(kc get pod nosuchimage -o 'jsonpath={.status.containerStatuses[0].state.waiting.reason}' 2>/dev/null || true)"
-    [[ "${reason}" == ErrImagePull || "${reason}" == ImagePullBackOff ]] && break
-    sleep 1
-  done
-  [[ "${reason}" == ErrImagePull || "${reason}" == ImagePullBackOff ]] ||
-    fail "waiting reason after ${i}s: '${reason}'"
+  wait_until 60 eval '[[ "$(waiting_reason nosuchimage)" =~ ^(ErrImagePull|ImagePullBackOff)$ ]]'
   # The node's netns has no route out: only lo and the pod bridge.
   run "${REALNODE}" exec ip route show default
   assert_success
@@ -192,65 +140,171 @@ EOF
   assert_success
 }
 
-# inflight_sample: "IN_FLIGHT READY" for the burst pods now. In flight = the sandbox is up (the
-# pod has an IP, so the CNI ADD, our plugin's wait included, has returned) and not Ready yet.
-inflight_sample() {
-  kc get pods -l app=burst -o 'jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.status.podIP}|{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
-    awk -F'|' '$1 == "" && $2 != "" { if ($3 == "True") r++; else f++ } END { printf "%d %d\n", f, r }'
+@test "real node: the kubernetes Service's ClusterIP 10.96.0.1:443 reaches the API server at its endpoint 10.244.76.1:6443 without kube-proxy" {
+  run kc get service kubernetes -o 'jsonpath={.spec.clusterIP}:{.spec.ports[0].port}'
+  assert_success
+  assert_output "${REALNODE_SERVICE_IP}:443"
+  run kc get endpointslices -l kubernetes.io/service-name=kubernetes \
+    -o 'jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}'
+  assert_success
+  assert_output "${REALNODE_NODE_IP}:6443"
+  # From the node's netns, as a hostNetwork pod (the agent) connects, verifying the API server's
+  # certificate for the ClusterIP with the cluster CA.
+  run "${REALNODE}" exec curl -sS --max-time 5 --cacert "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/pki/ca.crt" \
+    "https://${REALNODE_SERVICE_IP}:443/version"
+  assert_success
+  assert_output --partial '"gitVersion": "v1.34.'
 }
 
-@test "real node with pod-pacemaker (limit 2): a Deployment scaled 0 -> 6 never has more than 2 started-but-not-Ready pods, and all become Ready" {
-  local rel="${REPO_ROOT}/target/x86_64-unknown-linux-musl/release"
-  if [[ ! -x "${rel}/pod-pacemaker" || ! -x "${rel}/pod-pacemaker-agent" ]]; then
-    skip "release binaries not built (scripts/build.sh)"
-  fi
-  local limit=2 replicas=6
-  run "${REALNODE}" pacemaker on --limit "${limit}"
-  assert_success
+# --- the product: deploy/pod-pacemaker.yaml and the plugin in the chain ------------------------
 
-  kc apply -f - <<EOT
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: burst, namespace: default}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: burst}}
-  template:
-    metadata: {labels: {app: burst}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: work
-        image: localhost/ppm-workload:dev
-        env: [{name: WORK_SECONDS, value: "4"}]
-        readinessProbe:
-          exec: {command: ["/workload", "-check"]}
-          periodSeconds: 1
-EOT
+@test "pod-pacemaker as the DaemonSet: the agent runs from localhost/pod-pacemaker:dev with the limit patched in, reaches the API through the in-cluster Service, serves its socket, and the plugin is chained" {
+  pacemaker_ensure 2
+  run kc -n pod-pacemaker get pods -l app.kubernetes.io/name=pod-pacemaker-agent \
+    -o 'jsonpath={range .items[*]}{.status.phase} {.spec.hostNetwork} {.spec.containers[0].image} {.spec.containers[0].command[0]} {.spec.containers[0].args}{"\n"}{end}'
+  assert_success
+  assert_output --regexp '^Running true localhost/pod-pacemaker:dev /pod-pacemaker-agent .*--max-concurrent=2'
+  # In-cluster configuration: the Service's address from the environment the kubelet gives it,
+  # the projected ServiceAccount token, and the first pod list before serving.
+  wait_until 20 agent_log_has 'ready: serving /var/run/pod-pacemaker/pod-pacemaker.sock'
+  run agent_log
+  assert_output --partial "api_server=https://${REALNODE_SERVICE_IP}:443"
+  assert_output --partial "synced"
+  refute_output --regexp ' (ERROR|WARN) '
+  # The socket and the heartbeat in the node's /run (a hostPath in the kubelet's mount namespace).
+  run "${REALNODE}" node-exec sh -c 'test -S /var/run/pod-pacemaker/pod-pacemaker.sock && test -e /var/run/pod-pacemaker/pod-pacemaker.sock.heartbeat'
+  assert_success
+  # The plugin: a copy of the release binary in containerd's CNI bin dir, last in the conflist.
+  local state="${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}"
+  run cmp "${state}/cni/bin/pod-pacemaker" "${REPO_ROOT}/target/x86_64-unknown-linux-musl/release/pod-pacemaker"
+  assert_success
+  run python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["plugins"]; print(" ".join(x["type"] for x in p), p[-1]["daemonSocketPath"])' \
+    "${state}/cni/net.d/10-ppm-realnode.conflist"
+  assert_success
+  assert_output "bridge pod-pacemaker /var/run/pod-pacemaker/pod-pacemaker.sock"
+}
+
+@test "pod-pacemaker (limit 2): a Deployment scaled 0 -> 12 never has more than 2 started-but-not-Ready pods (every API watch event), and all 12 become Ready" {
+  pacemaker_ensure 2
+  local limit=2 replicas=12 watch events="${BATS_TEST_TMPDIR}/burst.events"
+  workload_deployment burst 2 >/dev/null
+  watch="$(pods_watch_start app=burst "${events}")"
+  sleep 1
   kc scale deploy/burst --replicas="${replicas}"
+  local t0="${SECONDS}"
+  wait_until 180 all_ready burst "${replicas}"
+  local took=$((SECONDS - t0))
+  sleep 1
+  pods_watch_stop "${watch}"
+  local max
+  max="$(inflight_max "${events}")"
+  realnode_diag "burst: ${replicas} Ready in ${took}s, max started-but-not-Ready ${max} (limit ${limit}), $(wc -l <"${events}") watch events"
+  ((max <= limit)) || fail "${max} pods started-but-not-Ready at once (limit ${limit}); events in ${events}"
+  # Each pod got its slot from the agent, and pacing happened: some waited for one.
+  local grants granted longest
+  grants="$(agent_log | grep -oE ' grant pod=default/burst-[^ ]+ uid=[^ ]+ reason=slot waited_ms=[0-9]+' || true)"
+  granted="$(grep -oE 'burst-[^ ]+' <<<"${grants}" | sort -u | wc -l)"
+  ((granted == replicas)) || fail "the agent granted slots to ${granted} of ${replicas} pods"
+  longest="$(grep -oE 'waited_ms=[0-9]+' <<<"${grants}" | cut -d= -f2 | sort -n | tail -n1)"
+  ((longest >= 2000)) || fail "no pod waited 2 s or more for a slot (longest ${longest} ms): not paced"
+  cleanup_pods
+}
 
-  local max=0 inflight ready=0 deadline=$((SECONDS + 150))
-  while ((SECONDS < deadline)); do
-    read -r inflight ready < <(inflight_sample)
-    ((inflight > max)) && max="${inflight}"
-    ((ready == replicas)) && break
-    sleep 0.5
-  done
-  echo "# max in flight ${max}, ready ${ready}/${replicas}" >&3
-  ((ready == replicas)) || fail "only ${ready}/${replicas} Ready after 150s (max in flight ${max})"
-  ((max <= limit)) || fail "${max} pods started-but-not-Ready at once, limit ${limit}"
-  # The agent saw the pods through the API and paced them: some waited for a slot.
-  run grep -c ' grant pod=default/burst-' "${REALNODE_DIR}/logs/agent.log"
+@test "pod-pacemaker (limit 2): pods whose image does not exist release their slots on ErrImagePull (reason=container-error), and healthy pods still start" {
+  pacemaker_ensure 2
+  run workload_pod badimg-1 0 default "${MISSING_IMAGE}"
   assert_success
-  assert_output "${replicas}"
+  run workload_pod badimg-2 0 default "${MISSING_IMAGE}"
+  assert_success
+  # Both sandboxes are up: they took both slots.
+  wait_until 60 has_ip badimg-1
+  wait_until 60 has_ip badimg-2
+  workload_deployment healthy 1 >/dev/null
+  kc scale deploy/healthy --replicas=3
+  wait_until 60 agent_log_has ' release pod=default/badimg-1 .*reason=container-error'
+  wait_until 60 agent_log_has ' release pod=default/badimg-2 .*reason=container-error'
+  wait_until 90 all_ready healthy 3
+  # The bad pods are still not running: they were released, not started.
+  run waiting_reason badimg-1
+  assert_output --regexp '^(ErrImagePull|ImagePullBackOff)$'
+  run waiting_reason badimg-2
+  assert_output --regexp '^(ErrImagePull|ImagePullBackOff)$'
+  cleanup_pods
+}
 
-  # Out of the chain again, a new pod starts normally.
-  run "${REALNODE}" pacemaker off
+@test "pod-pacemaker (limit 2): pods in kube-system and pods annotated pod-pacemaker/skip: \"true\" start while two never-Ready pods hold both slots" {
+  pacemaker_ensure 2
+  # Two pods that never become Ready (an hour of work) take both slots.
+  run workload_pod hog-1 3600
   assert_success
-  kc delete deploy burst --wait=true --timeout=60s
-  run workload_pod after-off "localhost/ppm-workload:dev" 0
+  run workload_pod hog-2 3600
   assert_success
-  run kc wait --for=condition=Ready pod/after-off --timeout=60s
+  wait_until 60 has_ip hog-1
+  wait_until 60 has_ip hog-2
+  run "${REALNODE}" pacemaker status
+  assert_output --partial 'holders=2 limit=2'
+  # A third ordinary pod queues behind them.
+  run workload_pod queued 0
   assert_success
-  kc delete pod after-off --wait=true --timeout=60s
+  # Neither of these waits.
+  run workload_pod excluded 0 kube-system
+  assert_success
+  run workload_pod annotated 0 default "${WORKLOAD}" '{pod-pacemaker/skip: "true"}'
+  assert_success
+  local t0="${SECONDS}"
+  wait_until 30 is_ready excluded kube-system
+  wait_until 30 is_ready annotated
+  realnode_diag "skip: kube-system and annotated pods Ready in $((SECONDS - t0))s with both slots held"
+  # The slots were full all along: the ordinary pod still has no sandbox network.
+  run pod_ip queued
+  assert_output ""
+  run "${REALNODE}" pacemaker status
+  assert_output --partial 'holders=2 limit=2'
+  cleanup_pods
+}
+
+@test "pod-pacemaker (limit 2): the agent killed (SIGKILL) mid-burst does not wedge pod creation: all 8 pods of a Deployment become Ready within 120 s" {
+  pacemaker_ensure 2
+  local replicas=8 pid restarts
+  workload_deployment midburst 2 >/dev/null
+  kc scale deploy/midburst --replicas="${replicas}"
+  # Mid-burst: two pods granted, the rest waiting in the plugin.
+  wait_until 60 eval '[[ $(agent_log | grep -c " grant pod=default/midburst-") -ge 2 ]]'
+  pid="$(agent_pid)"
+  [[ "${pid}" =~ ^[0-9]+$ ]] || fail "no agent pid: '${pid}'"
+  kill -KILL "${pid}"
+  local t0="${SECONDS}"
+  wait_until 120 all_ready midburst "${replicas}"
+  realnode_diag "agent killed: ${replicas} Ready $((SECONDS - t0))s after the kill"
+  # The kubelet restarted the agent, which served again.
+  restarts="$(kc -n pod-pacemaker get pods -l app.kubernetes.io/name=pod-pacemaker-agent -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}')"
+  ((restarts >= 1)) || fail "agent restartCount ${restarts}"
+  [[ "$(agent_log | grep -c 'ready: serving')" -ge 2 ]] || fail "the restarted agent never served"
+  cleanup_pods
+}
+
+@test "pod-pacemaker uninstall: after kubectl delete -f deploy/pod-pacemaker.yaml, with the plugin still chained, new pods start (within the 30 s restart grace, then at once)" {
+  pacemaker_ensure 2
+  run kc delete -f "${REPO_ROOT}/deploy/pod-pacemaker.yaml" --wait=true --timeout=90s
+  assert_success
+  run kc get namespace pod-pacemaker
+  assert_failure
+  # Right after the uninstall the plugin still waits for an agent that might be restarting, for
+  # agentRestartGraceSeconds (30) after the last heartbeat.
+  local t0="${SECONDS}"
+  run workload_pod after-uninstall 0
+  assert_success
+  wait_until 60 is_ready after-uninstall
+  local first=$((SECONDS - t0))
+  # Past the grace the plugin passes at once: a pod is Ready in little more than its own start.
+  sleep $((first < 32 ? 32 - first : 0))
+  t0="${SECONDS}"
+  run workload_pod later 0
+  assert_success
+  wait_until 15 is_ready later
+  realnode_diag "uninstall: first pod Ready ${first}s after the uninstall, one past the grace in $((SECONDS - t0))s"
+  # Our plugin was in the chain all along.
+  run grep -c '"type": "pod-pacemaker"' "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/cni/net.d/10-ppm-realnode.conflist"
+  assert_output 1
+  cleanup_pods
 }
