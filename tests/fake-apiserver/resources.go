@@ -72,7 +72,6 @@ var nodeResource = &resource{
 	subresources: []string{"status"},
 	mergeKeys: map[string]string{
 		"metadata.finalizers": "",
-		"spec.taints":         "key",
 		"status.conditions":   "type",
 		"status.addresses":    "type",
 	},

@@ -46,12 +46,17 @@ type server struct {
 	prevUntil time.Time
 
 	// Faults for the next requests (see control): failures, delays, drops.
+	// Each applies only to requests whose path starts with its prefix ("" =
+	// all), so a test can break the agent's requests and not its own.
 	failMu    sync.Mutex
 	failCode  int
 	failCount int
+	failPath  string
 	slowDelay time.Duration
 	slowCount int
+	slowPath  string
 	dropCount int
+	dropPath  string
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -63,7 +68,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if p != nil {
 				status = "aborted"
 			}
-			log.Printf("%s %s -> %s", r.Method, r.URL.RequestURI(), status)
+			log.Printf("%s %s -> %s%s", r.Method, r.URL.RequestURI(), status, rec.note)
 			if p != nil {
 				panic(p)
 			}
@@ -83,9 +88,13 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if !s.authorized(r) {
+	ok, previous := s.authorized(r)
+	if !ok {
 		writeError(w, &apiError{code: http.StatusUnauthorized, reason: "Unauthorized", message: "Unauthorized"})
 		return
+	}
+	if rec, isRec := w.(*recorder); isRec && previous {
+		rec.note = " (previous token)"
 	}
 
 	if strings.HasPrefix(path, "/fake/") {
@@ -93,7 +102,7 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	drop, delay, failure := s.takeFaults()
+	drop, delay, failure := s.takeFaults(path)
 	if drop {
 		abortStream()
 	}
@@ -192,21 +201,22 @@ func resourceList(group, version string) map[string]any {
 // request so that tests can rotate it (a token written there by the test
 // replaces the old one at once). A missing or empty file keeps the last
 // token seen. After /fake/rotate-token the previous token is also accepted
-// until its grace period ends.
-func (s *server) authorized(r *http.Request) bool {
-	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return false
+// until its grace period ends; previous says that it was that one.
+func (s *server) authorized(r *http.Request) (ok, previous bool) {
+	scheme, got, found := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !found || !strings.EqualFold(scheme, "Bearer") {
+		return false, false
 	}
 	want := s.currentToken()
 	got = strings.TrimSpace(got)
 	if want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
-		return true
+		return true, false
 	}
 	s.tokenMu.Lock()
 	prev, until := s.prevToken, s.prevUntil
 	s.tokenMu.Unlock()
-	return prev != "" && time.Now().Before(until) && subtle.ConstantTimeCompare([]byte(got), []byte(prev)) == 1
+	ok = prev != "" && time.Now().Before(until) && subtle.ConstantTimeCompare([]byte(got), []byte(prev)) == 1
+	return ok, ok
 }
 
 // rotateToken makes a new random token, writes it to DIR/token and
@@ -240,20 +250,21 @@ func (s *server) currentToken() string {
 	return s.token
 }
 
-// takeFaults consumes the injected faults pending for one request: whether
-// to drop its connection, how long to delay it, and the failure to answer.
-func (s *server) takeFaults() (drop bool, delay time.Duration, failure *apiError) {
+// takeFaults consumes the injected faults pending for one request to path:
+// whether to drop its connection, how long to delay it, and the failure to
+// answer.
+func (s *server) takeFaults(path string) (drop bool, delay time.Duration, failure *apiError) {
 	s.failMu.Lock()
 	defer s.failMu.Unlock()
-	if s.dropCount > 0 {
+	if s.dropCount > 0 && strings.HasPrefix(path, s.dropPath) {
 		s.dropCount--
 		return true, 0, nil
 	}
-	if s.slowCount > 0 {
+	if s.slowCount > 0 && strings.HasPrefix(path, s.slowPath) {
 		s.slowCount--
 		delay = s.slowDelay
 	}
-	if s.failCount <= 0 {
+	if s.failCount <= 0 || !strings.HasPrefix(path, s.failPath) {
 		return false, delay, nil
 	}
 	s.failCount--
@@ -336,7 +347,7 @@ func (s *server) control(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.failMu.Lock()
-		s.slowDelay, s.slowCount = d, count
+		s.slowDelay, s.slowCount, s.slowPath = d, count, q.Get("path")
 		s.failMu.Unlock()
 		writeJSON(w, http.StatusOK, map[string]any{"seconds": d.Seconds(), "count": count})
 	case "/fake/drop-requests":
@@ -346,7 +357,7 @@ func (s *server) control(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.failMu.Lock()
-		s.dropCount = count
+		s.dropCount, s.dropPath = count, q.Get("path")
 		s.failMu.Unlock()
 		writeJSON(w, http.StatusOK, map[string]any{"count": count})
 	case "/fake/rotate-token":
@@ -375,7 +386,7 @@ func (s *server) control(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.failMu.Lock()
-		s.failCode, s.failCount = code, count
+		s.failCode, s.failCount, s.failPath = code, count, q.Get("path")
 		s.failMu.Unlock()
 		writeJSON(w, http.StatusOK, map[string]any{"code": code, "count": count})
 	default:
@@ -538,6 +549,7 @@ func writeError(w http.ResponseWriter, e *apiError) {
 type recorder struct {
 	http.ResponseWriter
 	status int
+	note   string // appended to the request log line
 }
 
 func (r *recorder) WriteHeader(code int) {
