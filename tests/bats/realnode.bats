@@ -13,6 +13,14 @@ load '../realnode/bats-lib'
 setup_file() { realnode_setup_file; }
 teardown_file() { realnode_teardown_file; }
 setup() { realnode_setup; }
+# After each test, pass or fail: the agent's log and the pods into the test log directory, then
+# the test's pods removed, so that a failure never leaks into the next test.
+teardown() {
+  [[ -z "${REALNODE_SKIP:-}" ]] || return 0
+  agent_log >"${REALNODE_TEST_LOG_DIR}/agent.test-${BATS_TEST_NUMBER}.log"
+  realnode_log kc get pods -A -o wide || true
+  cleanup_pods
+}
 
 WORKLOAD=localhost/ppm-workload:dev
 MISSING_IMAGE=localhost/ppm-does-not-exist:dev
@@ -78,7 +86,10 @@ all_ready() { [[ "$(ready_replicas "$1")" == "$2" ]]; }
 waiting_reason() {
   kc get pod "$1" -o 'jsonpath={.status.containerStatuses[0].state.waiting.reason}' 2>/dev/null
 }
+image_pull_failed() { [[ "$(waiting_reason "$1")" =~ ^(ErrImagePull|ImagePullBackOff)$ ]]; }
 agent_log_has() { agent_log | grep -qE "$1"; }
+# granted_at_least PREFIX N: the agent has granted slots to N pods whose names start with PREFIX.
+granted_at_least() { (($(agent_log | grep -c " grant pod=default/$1") >= $2)); }
 
 # The agent's container id and its process id on the host.
 agent_container() {
@@ -131,7 +142,7 @@ cleanup_pods() {
 @test "real node: an image that was never imported is a natural ErrImagePull, and no traffic leaves the node's netns" {
   run workload_pod nosuchimage 0 default "${MISSING_IMAGE}"
   assert_success
-  wait_until 60 eval '[[ "$(waiting_reason nosuchimage)" =~ ^(ErrImagePull|ImagePullBackOff)$ ]]'
+  wait_until 60 image_pull_failed nosuchimage
   # The node's netns has no route out: only lo and the pod bridge.
   run "${REALNODE}" exec ip route show default
   assert_success
@@ -154,6 +165,29 @@ cleanup_pods() {
     "https://${REALNODE_SERVICE_IP}:443/version"
   assert_success
   assert_output --partial '"gitVersion": "v1.34.'
+}
+
+@test "real node locks: a second test run's session lock gives up after its bound naming the holder, and a down that cannot get the node lock leaves the node running" {
+  # This file holds the session lock (setup_file); another run asking with a 1 s bound gives up.
+  local other
+  sleep 30 3>&- &
+  other=$!
+  run "${REALNODE}" session-lock "${other}" 1
+  kill "${other}"
+  assert_failure
+  assert_output --regexp "could not take .*session.lock within 1s \(held by owner pid [0-9]+"
+  # Someone else is in the middle of up/down/pacemaker (holds the node lock): down waits for its
+  # bound, then gives up without touching anything.
+  local lock="${REALNODE_LOCK:-/run/lock/pod-pacemaker-realnode.lock}" holder
+  (exec 8>>"${lock}" && flock -n 8 && exec sleep 10) 3>&- &
+  holder=$!
+  sleep 0.3
+  run env REALNODE_LOCK_WAIT=1 "${REALNODE}" down
+  kill "${holder}"
+  assert_failure
+  assert_output --partial "timed out after 1s waiting for ${lock}"
+  run "${REALNODE}" status
+  assert_success
 }
 
 # --- the product: deploy/pod-pacemaker.yaml and the plugin in the chain ------------------------
@@ -207,7 +241,6 @@ cleanup_pods() {
   ((granted == replicas)) || fail "the agent granted slots to ${granted} of ${replicas} pods"
   longest="$(grep -oE 'waited_ms=[0-9]+' <<<"${grants}" | cut -d= -f2 | sort -n | tail -n1)"
   ((longest >= 2000)) || fail "no pod waited 2 s or more for a slot (longest ${longest} ms): not paced"
-  cleanup_pods
 }
 
 @test "pod-pacemaker (limit 2): pods whose image does not exist release their slots on ErrImagePull (reason=container-error), and healthy pods still start" {
@@ -229,7 +262,6 @@ cleanup_pods() {
   assert_output --regexp '^(ErrImagePull|ImagePullBackOff)$'
   run waiting_reason badimg-2
   assert_output --regexp '^(ErrImagePull|ImagePullBackOff)$'
-  cleanup_pods
 }
 
 @test "pod-pacemaker (limit 2): pods in kube-system and pods annotated pod-pacemaker/skip: \"true\" start while two never-Ready pods hold both slots" {
@@ -260,27 +292,47 @@ cleanup_pods() {
   assert_output ""
   run "${REALNODE}" pacemaker status
   assert_output --partial 'holders=2 limit=2'
-  cleanup_pods
 }
 
 @test "pod-pacemaker (limit 2): the agent killed (SIGKILL) mid-burst does not wedge pod creation: all 8 pods of a Deployment become Ready within 120 s" {
   pacemaker_ensure 2
-  local replicas=8 pid restarts
-  workload_deployment midburst 2 >/dev/null
-  kc scale deploy/midburst --replicas="${replicas}"
+  local replicas=8 pid restarts watch events="${BATS_TEST_TMPDIR}/killed.events"
+  workload_deployment killed 2 >/dev/null
+  watch="$(pods_watch_start app=killed "${events}")"
+  kc scale deploy/killed --replicas="${replicas}"
   # Mid-burst: two pods granted, the rest waiting in the plugin.
-  wait_until 60 eval '[[ $(agent_log | grep -c " grant pod=default/midburst-") -ge 2 ]]'
+  wait_until 60 granted_at_least killed- 2
   pid="$(agent_pid)"
   [[ "${pid}" =~ ^[0-9]+$ ]] || fail "no agent pid: '${pid}'"
   kill -KILL "${pid}"
   local t0="${SECONDS}"
-  wait_until 120 all_ready midburst "${replicas}"
-  realnode_diag "agent killed: ${replicas} Ready $((SECONDS - t0))s after the kill"
+  wait_until 120 all_ready killed "${replicas}"
+  realnode_diag "agent SIGKILL: ${replicas} Ready $((SECONDS - t0))s after the kill, max started-but-not-Ready $(inflight_max "${events}")"
+  pods_watch_stop "${watch}"
   # The kubelet restarted the agent, which served again.
   restarts="$(kc -n pod-pacemaker get pods -l app.kubernetes.io/name=pod-pacemaker-agent -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}')"
   ((restarts >= 1)) || fail "agent restartCount ${restarts}"
   [[ "$(agent_log | grep -c 'ready: serving')" -ge 2 ]] || fail "the restarted agent never served"
-  cleanup_pods
+}
+
+@test "pod-pacemaker (limit 2): the agent's pod deleted mid-burst (the DaemonSet replaces it) does not wedge pod creation: all 8 pods become Ready within 120 s" {
+  pacemaker_ensure 2
+  local replicas=8 old new watch events="${BATS_TEST_TMPDIR}/deleted.events"
+  old="$(kc -n pod-pacemaker get pods -l app.kubernetes.io/name=pod-pacemaker-agent -o 'jsonpath={.items[0].metadata.name}')"
+  workload_deployment deleted 2 >/dev/null
+  watch="$(pods_watch_start app=deleted "${events}")"
+  kc scale deploy/deleted --replicas="${replicas}"
+  wait_until 60 granted_at_least deleted- 2
+  # The old pod's log goes with it: keep it.
+  agent_log >"${REALNODE_TEST_LOG_DIR}/agent.test-${BATS_TEST_NUMBER}.before-delete.log"
+  run kc -n pod-pacemaker delete pod "${old}" --wait=false
+  assert_success
+  local t0="${SECONDS}"
+  wait_until 120 all_ready deleted "${replicas}"
+  realnode_diag "agent pod deleted: ${replicas} Ready $((SECONDS - t0))s after the delete, max started-but-not-Ready $(inflight_max "${events}")"
+  pods_watch_stop "${watch}"
+  new="$(kc -n pod-pacemaker get pods -l app.kubernetes.io/name=pod-pacemaker-agent --field-selector=status.phase=Running -o 'jsonpath={.items[*].metadata.name}')"
+  [[ -n "${new}" && "${new}" != *"${old}"* ]] || fail "agent pods after the delete: '${new}' (old ${old})"
 }
 
 @test "pod-pacemaker uninstall: after kubectl delete -f deploy/pod-pacemaker.yaml, with the plugin still chained, new pods start (within the 30 s restart grace, then at once)" {
@@ -294,7 +346,7 @@ cleanup_pods() {
   local t0="${SECONDS}"
   run workload_pod after-uninstall 0
   assert_success
-  wait_until 60 is_ready after-uninstall
+  wait_until 45 is_ready after-uninstall
   local first=$((SECONDS - t0))
   # Past the grace the plugin passes at once: a pod is Ready in little more than its own start.
   sleep $((first < 32 ? 32 - first : 0))
@@ -306,5 +358,4 @@ cleanup_pods() {
   # Our plugin was in the chain all along.
   run grep -c '"type": "pod-pacemaker"' "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/cni/net.d/10-ppm-realnode.conflist"
   assert_output 1
-  cleanup_pods
 }
