@@ -109,6 +109,10 @@ const GHOST_MAX_AGE: Duration = Duration::from_secs(220);
 pub const POSITION_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest the scheduler thread sleeps without a message or a deadline.
 const IDLE_WAKEUP: Duration = Duration::from_secs(60);
+/// The state file is written at most this often (and always when the agent stops), so that a
+/// burst of hundreds of requests costs a few writes, not one each. A crash loses at most the
+/// changes of this last interval; a waiter missing from the file queues again on reconnect.
+const SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The behaviour the command line chose.
 #[derive(Clone, Debug)]
@@ -148,18 +152,25 @@ pub fn run(
     mut on_ready: impl FnMut(),
 ) {
     let mut conns: HashMap<ConnId, Sender<ConnReply>> = HashMap::new();
-    let mut save_failed = false;
+    let mut saver = Saver {
+        path: state_file,
+        next: Instant::now(),
+        failed: false,
+    };
     loop {
-        // 1. Take the next message; when there is none, save the state, then sleep until one
-        //    arrives or the next deadline passes.
+        // 1. Take the next message; when there is none, save the state if it is time, then sleep
+        //    until a message arrives or the next deadline (or save) is due.
         let message = match messages.try_recv() {
             Ok(message) => Some(message),
             Err(TryRecvError::Disconnected) => Some(SchedMsg::Shutdown),
             Err(TryRecvError::Empty) => {
-                save(&mut scheduler, state_file, &mut save_failed);
                 let now = Instant::now();
+                let save_due = saver.maybe_save(&mut scheduler, now, false);
                 let wait = scheduler
                     .next_deadline(now)
+                    .into_iter()
+                    .chain(save_due)
+                    .min()
                     .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
                     .min(IDLE_WAKEUP);
                 match messages.recv_timeout(wait) {
@@ -222,33 +233,54 @@ pub fn run(
             }
         }
         if stop {
-            save(&mut scheduler, state_file, &mut save_failed);
+            saver.maybe_save(&mut scheduler, Instant::now(), true);
             return;
         }
     }
 }
 
-/// Writes the state file if the state changed; logs the first failure of a run of failures.
-fn save(scheduler: &mut Scheduler, path: Option<&Path>, failed: &mut bool) {
-    let Some(path) = path else {
-        return;
-    };
-    if !scheduler.take_dirty() {
-        return;
-    }
-    let snapshot = scheduler.snapshot(Instant::now(), state::wall_now_ns());
-    match state::save(path, &snapshot) {
-        Ok(()) => {
-            if std::mem::take(failed) {
-                info!("state file {} written again", path.display());
+/// Writes the state file, at most every [`SAVE_INTERVAL`].
+struct Saver<'a> {
+    path: Option<&'a Path>,
+    /// Not before this instant.
+    next: Instant,
+    /// The last write failed (logged once per run of failures).
+    failed: bool,
+}
+
+impl Saver<'_> {
+    /// Writes the file if the state changed and it is time (or `now_or_never`); returns when it
+    /// should be called again for a change that has to wait.
+    fn maybe_save(
+        &mut self,
+        scheduler: &mut Scheduler,
+        now: Instant,
+        now_or_never: bool,
+    ) -> Option<Instant> {
+        let path = self.path?;
+        if !scheduler.dirty {
+            return None;
+        }
+        if now < self.next && !now_or_never {
+            return Some(self.next);
+        }
+        scheduler.dirty = false;
+        self.next = now + SAVE_INTERVAL;
+        let snapshot = scheduler.snapshot(now, state::wall_now_ns());
+        match state::save(path, &snapshot) {
+            Ok(()) => {
+                if std::mem::take(&mut self.failed) {
+                    info!("state file {} written again", path.display());
+                }
+            }
+            Err(err) => {
+                if !self.failed {
+                    warn!("{err}; queue order will not survive a restart until it works again");
+                    self.failed = true;
+                }
             }
         }
-        Err(err) => {
-            if !*failed {
-                warn!("{err}; queue order will not survive a restart until it works again");
-                *failed = true;
-            }
-        }
+        None
     }
 }
 
@@ -270,7 +302,7 @@ pub struct Scheduler {
     seq: u64,
     /// The earliest instant a held-back position update may be sent.
     report_due: Option<Instant>,
-    /// The state changed since the last [`Scheduler::take_dirty`].
+    /// The state changed since the state file was last written.
     dirty: bool,
     outbox: Vec<(ConnId, ConnReply)>,
     /// Every release, for the tests.
@@ -608,9 +640,12 @@ impl Scheduler {
         self.settle_waits(now);
 
         // 3. Remembered positions past their time, and the oldest beyond the cap.
-        let forgotten = self
-            .queue
-            .take_where(|e| e.waiting.is_none() && e.forget_at.is_some_and(|f| now >= f));
+        let due = |e: &Entry| e.waiting.is_none() && e.forget_at.is_some_and(|f| now >= f);
+        let forgotten = if self.queue.iter().any(due) {
+            self.queue.take_where(due)
+        } else {
+            Vec::new()
+        };
         let absent = self.queue.iter().filter(|e| e.waiting.is_none()).count();
         if absent > MAX_REMEMBERED {
             let mut departures: Vec<Instant> = self
@@ -678,11 +713,6 @@ impl Scheduler {
     /// The replies produced since the last call, in order.
     pub fn take_outbox(&mut self) -> Vec<(ConnId, ConnReply)> {
         std::mem::take(&mut self.outbox)
-    }
-
-    /// Whether the state changed since the last call.
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
     }
 
     /// The answer to `STATUS`: holders, queued pods in order, then the counts.
@@ -936,11 +966,17 @@ impl Scheduler {
     /// that comes first keeps its place and takes the newest waiting client; an older client is
     /// told it was superseded.
     fn merge_entries(&mut self, uid: &str) {
-        let mut dups = self.queue.take_where(|e| e.uid.as_deref() == Some(uid));
-        if dups.len() > 1 {
-            debug!("merging {} queue entries of pod uid={uid}", dups.len());
-            self.dirty = true;
+        let count = self
+            .queue
+            .iter()
+            .filter(|e| e.uid.as_deref() == Some(uid))
+            .count();
+        if count < 2 {
+            return;
         }
+        debug!("merging {count} queue entries of pod uid={uid}");
+        self.dirty = true;
+        let mut dups = self.queue.take_where(|e| e.uid.as_deref() == Some(uid));
         dups.sort_by(|a, b| a.key().cmp(&b.key()));
         let mut merged: Option<Entry> = None;
         for entry in dups {
