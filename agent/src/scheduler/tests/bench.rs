@@ -159,7 +159,6 @@ fn grant_latency() {
     let (tx, rx) = mpsc::channel::<SchedMsg>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let sched = {
-        let state_file = state_file.clone();
         thread::spawn(move || {
             let config_defaults = Options {
                 lease: Duration::from_secs(300),
