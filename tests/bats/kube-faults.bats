@@ -7,7 +7,7 @@
 #   2. its view of the node's pods (--pod-cache-file) converges to the server's;
 #   3. the process never exits;
 #   4. no slot is leaked or counted twice: the pod that should free a slot frees it exactly once,
-#      the waiter behind it gets it, and a probe WAIT queues behind exactly the expected holders.
+#      the waiter behind it gets it, and the agent's STATUS lists exactly the expected holders.
 #
 # Needs Go (to build the fake), curl, jq and perl; no root, no network namespace.
 
@@ -34,7 +34,7 @@ assert_recovered() {
   assert_equal "$(kube_releases a)" 1
   assert_equal "$(kube_releases b)" 0
   kube_agent_alive
-  kube_assert_holders 2
+  kube_assert_holders b c
 }
 
 @test "410 after compaction while the watch was stalled: relist derives the deletion, frees its slot once" {
@@ -257,6 +257,7 @@ unauthorized_at_least() {
   kube_wait_converged 20
   kube_wait_slot a "${uid}"
   kube_wait_for "a slot for a" 10 kube_granted a
+  kube_assert_holders a
   run grep -F "token from token in ${KUBE_DIR}/api/kubeconfig" "${KUBE_DIR}/agent.log"
   assert_success
 }

@@ -10,6 +10,7 @@
 #   kube_pod NAME [JSON-MERGE]               creates a pod on KUBE_NODE, prints its uid
 #   kube_wait_slot NAME UID                  a plugin-side WAIT in the background
 #   kube_converged                           the agent's pod view equals the server's
+#   kube_assert_holders NAME...              the agent's STATUS: exactly these hold slots
 #   kube_teardown                            kills what this file started, by pid
 #
 # Environment: KUBE_AGENT_BIN (default: the musl release build), TEST_TOOLS_DIR.
@@ -259,24 +260,17 @@ kube_releases() {
   grep -cE "release pod=${KUBE_NS}/$1 " "${KUBE_DIR}/agent.log" || true
 }
 
-# kube_assert_holders N: a fresh WAIT for a new pod queues behind exactly N holders (the slot
-# count as the agent sees it: a leaked slot or a double count shows here).
+# kube_assert_holders NAME...: the agent's STATUS lists exactly these pods as slot holders and
+# counts as many (a leaked slot or a double count shows here).
 kube_assert_holders() {
-  local uid
-  uid="$(kube_pod "probe-$1-${RANDOM}")"
-  kube_wait_for "the probe pod in the agent's view" 10 kube__in_view "${uid}"
-  kube_wait_slot probe "${uid}"
-  kube_wait_for "the probe's first reply" 10 kube__any_reply probe
-  run kube_reply probe
-  if (($1 >= 2)); then
-    assert_line --partial "QUEUED position=1 holders=$1 limit=2"
-  else
-    assert_line --partial 'GRANTED reason=slot'
-  fi
-}
-
-kube__any_reply() {
-  grep -qE '^(QUEUED|GRANTED|ERROR)' "${KUBE_DIR}/wait-$1.out"
+  local want
+  want="$(printf '%s\n' "$@" | sort | tr '\n' ' ')"
+  run "${KUBE_AGENT_BIN}" --status --socket "${KUBE_DIR}/agent.sock"
+  assert_success
+  local got
+  got="$(grep '^HOLDER ' <<<"${output}" | sed -E 's/.* name=([^ ]+).*/\1/' | sort | tr '\n' ' ')"
+  assert_equal "${got}" "${want}"
+  assert_line --regexp "^STATUS holders=$# limit=2 "
 }
 
 # --- convergence ----------------------------------------------------------------------------------
