@@ -721,6 +721,7 @@ mod tests {
             unknown_pod_policy: crate::config::UnknownPodPolicy::Pace,
             position_interval: Duration::ZERO,
             position_memory: scheduler::POSITION_MEMORY,
+            max_remembered: scheduler::MAX_REMEMBERED,
             restart_grace: scheduler::RESTART_GRACE,
         };
         let limits = Limits {

@@ -124,6 +124,8 @@ pub struct Options {
     pub unknown_pod_policy: UnknownPodPolicy,
     pub position_interval: Duration,
     pub position_memory: Duration,
+    /// At most this many remembered positions ([`MAX_REMEMBERED`]).
+    pub max_remembered: usize,
     pub restart_grace: Duration,
 }
 
@@ -137,6 +139,7 @@ impl Options {
             unknown_pod_policy: config.unknown_pod_policy,
             position_interval: POSITION_INTERVAL,
             position_memory: POSITION_MEMORY,
+            max_remembered: MAX_REMEMBERED,
             restart_grace: RESTART_GRACE,
         }
     }
@@ -646,8 +649,10 @@ impl Scheduler {
         } else {
             Vec::new()
         };
+        let max = self.options.max_remembered;
         let absent = self.queue.iter().filter(|e| e.waiting.is_none()).count();
-        if absent > MAX_REMEMBERED {
+        if absent > max {
+            // The oldest departures go first: those whose forget time comes first.
             let mut departures: Vec<Instant> = self
                 .queue
                 .iter()
@@ -655,9 +660,15 @@ impl Scheduler {
                 .filter_map(|e| e.forget_at)
                 .collect();
             departures.sort();
-            if let Some(cut) = departures.get(absent - MAX_REMEMBERED).copied() {
-                self.queue
+            if let Some(cut) = departures.get(absent - max).copied() {
+                let dropped = self
+                    .queue
                     .take_where(|e| e.waiting.is_none() && e.forget_at.is_some_and(|f| f < cut));
+                debug!(
+                    "dropped {} remembered positions over the cap",
+                    dropped.len()
+                );
+                self.dirty = true;
             }
         }
         if !forgotten.is_empty() {

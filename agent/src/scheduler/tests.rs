@@ -70,6 +70,7 @@ fn options() -> Options {
         unknown_pod_policy: UnknownPodPolicy::Pace,
         position_interval: Duration::ZERO,
         position_memory: POSITION_MEMORY,
+        max_remembered: MAX_REMEMBERED,
         restart_grace: RESTART_GRACE,
     }
 }
@@ -593,6 +594,29 @@ fn remembered_positions_are_bounded_in_time_and_forgotten_when_moot() {
     assert_eq!(status(&s, now), (0, 1));
     s.tick(now + POSITION_MEMORY);
     assert_eq!(status(&s, now + POSITION_MEMORY), (0, 0));
+}
+
+#[test]
+fn remembered_positions_are_capped_oldest_departure_first() {
+    let now = Instant::now();
+    let opts = Options {
+        max_remembered: 2,
+        ..options()
+    };
+    let mut s = synced_with(opts, limits(1), now);
+    s.on_wait(1, wait("holder", Some("u0")), now);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let conn = 2 + u64::try_from(i).expect("small");
+        let t = now + Duration::from_millis(conn);
+        s.on_wait(conn, wait(name, Some(&format!("u{name}"))), t);
+        s.on_gone(conn, t);
+    }
+    s.tick(now + Duration::from_millis(10));
+    // a left first and is forgotten; b and c keep their places.
+    s.on_wait(10, wait("c", Some("uc")), now + Duration::from_millis(20));
+    s.on_wait(11, wait("a", Some("ua")), now + Duration::from_millis(21));
+    s.on_wait(12, wait("b", Some("ub")), now + Duration::from_millis(22));
+    assert_eq!(queued_names(&s, now), ["b", "c", "a"]);
 }
 
 #[test]

@@ -168,6 +168,7 @@ fn grant_latency() {
                 unknown_pod_policy: UnknownPodPolicy::Pace,
                 position_interval: POSITION_INTERVAL,
                 position_memory: POSITION_MEMORY,
+                max_remembered: MAX_REMEMBERED,
                 restart_grace: RESTART_GRACE,
             };
             let s = Scheduler::new(config_defaults, limits(1), None, Instant::now());

@@ -147,6 +147,7 @@ impl World {
             // Longer than any run: a remembered position never expires mid-test, so the model
             // can keep every arrival.
             position_memory: Duration::from_secs(100_000),
+            max_remembered: MAX_REMEMBERED,
             restart_grace: RESTART_GRACE,
         };
         let limits = random_limits(&mut rng);
