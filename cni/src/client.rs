@@ -6,7 +6,7 @@
 //! turns that into "proceed" or an error according to the config. Every blocking call here is
 //! bounded by the deadline: connecting, writing and reading.
 
-use std::io::{BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -104,9 +104,12 @@ fn attempt(socket: &Path, request: &Request, deadline: Instant) -> Attempt {
         return Attempt::Lost(format!("sending request: {err}"));
     }
 
-    // 2. The agent's version line.
-    let mut reader = BufReader::new(&stream);
-    match read_reply_line(&stream, &mut reader, deadline) {
+    // 2. The agent's version line. Every read from here on is bounded by the deadline.
+    let mut reader = BufReader::new(DeadlineReader {
+        stream: &stream,
+        deadline,
+    });
+    match read_reply_line(&mut reader) {
         Ok(line) if protocol::check_version(&line) => {}
         Ok(line) => match Reply::decode(&line) {
             Ok(Reply::Error { code, message }) => {
@@ -119,20 +122,14 @@ fn attempt(socket: &Path, request: &Request, deadline: Instant) -> Attempt {
                 )));
             }
         },
-        Err(ReadEnd::Deadline) => {
-            return Attempt::Done(WaitOutcome::DeadlinePassed { last_error: None })
-        }
-        Err(ReadEnd::Lost(reason)) => return Attempt::Lost(reason),
+        Err(end) => return end.into(),
     }
 
     // 3. Replies until a final one.
     loop {
-        let line = match read_reply_line(&stream, &mut reader, deadline) {
+        let line = match read_reply_line(&mut reader) {
             Ok(line) => line,
-            Err(ReadEnd::Deadline) => {
-                return Attempt::Done(WaitOutcome::DeadlinePassed { last_error: None })
-            }
-            Err(ReadEnd::Lost(reason)) => return Attempt::Lost(reason),
+            Err(end) => return end.into(),
         };
         match Reply::decode(&line) {
             Ok(Reply::Queued {
@@ -168,18 +165,45 @@ fn attempt(socket: &Path, request: &Request, deadline: Instant) -> Attempt {
 }
 
 enum ReadEnd {
+    /// The deadline passed.
     Deadline,
+    /// The line is not one the protocol allows; the agent is not speaking our protocol.
+    Garbage(String),
+    /// The connection ended or failed; a reconnect may help.
     Lost(String),
 }
 
-fn read_reply_line(
-    stream: &UnixStream,
-    reader: &mut BufReader<&UnixStream>,
-    deadline: Instant,
-) -> Result<String, ReadEnd> {
-    if set_timeouts(stream, deadline).is_err() {
-        return Err(ReadEnd::Deadline);
+impl From<ReadEnd> for Attempt {
+    fn from(end: ReadEnd) -> Self {
+        match end {
+            ReadEnd::Deadline => Attempt::Done(WaitOutcome::DeadlinePassed { last_error: None }),
+            ReadEnd::Garbage(reason) => Attempt::Done(WaitOutcome::Refused(reason)),
+            ReadEnd::Lost(reason) => Attempt::Lost(reason),
+        }
     }
+}
+
+/// A reader whose every read waits at most until one overall deadline, so that a peer sending a
+/// byte at a time cannot stretch the wait: a socket read timeout alone bounds each read, not the
+/// line.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
+}
+
+fn read_reply_line(reader: &mut BufReader<DeadlineReader<'_>>) -> Result<String, ReadEnd> {
     match protocol::read_line(reader) {
         Ok(Some(line)) => Ok(line),
         Ok(None) => Err(ReadEnd::Lost("agent closed the connection".to_owned())),
@@ -188,7 +212,10 @@ fn read_reply_line(
         {
             Err(ReadEnd::Deadline)
         }
-        Err(err) => Err(ReadEnd::Lost(err.to_string())),
+        Err(err @ (protocol::DecodeError::Io(_) | protocol::DecodeError::MissingNewline)) => {
+            Err(ReadEnd::Lost(err.to_string()))
+        }
+        Err(err) => Err(ReadEnd::Garbage(format!("unreadable reply: {err}"))),
     }
 }
 
@@ -369,6 +396,50 @@ mod tests {
         let start = Instant::now();
         let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_secs(10));
         assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
+    }
+
+    #[test]
+    fn dripping_agent_cannot_stretch_the_deadline() {
+        let dir = TempSocket::new("drip");
+        let path = dir.path();
+        let listener = UnixListener::bind(&path).expect("bind");
+        let _agent = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let _ = stream.write_all(b"pod-pacemaker/1\n");
+            for _ in 0..100 {
+                if stream.write_all(b"Q").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let start = Instant::now();
+        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_millis(300));
+        assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
+        // Not a speed target: the wait must end near its deadline, not after the drip.
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn unreadable_reply_is_refused_at_once_not_retried() {
+        for reply in [
+            "pod-pacemaker/1\r\n",
+            "pod-pacemaker/1\nGRANTED reason=slot\r\n",
+        ] {
+            let dir = TempSocket::new("crlf");
+            let path = dir.path();
+            let _agent = fake_agent(&path, reply);
+            let start = Instant::now();
+            let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_secs(30));
+            assert!(
+                matches!(outcome, WaitOutcome::Refused(_)),
+                "{reply:?}: {outcome:?}"
+            );
+        }
     }
 
     #[test]

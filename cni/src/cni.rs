@@ -110,20 +110,28 @@ fn required_env(
 impl AddEnv {
     /// Checks the variables ADD and CHECK need (SPEC.md, "Parameters").
     pub fn parse(get: &dyn Fn(&str) -> Option<OsString>) -> Result<Self, PluginError> {
+        // SPEC.md, "Parameters": an alphanumeric character, then alphanumerics, '_', '.', '-'.
         let container_id = required_env(get, "CNI_CONTAINERID")?;
-        if !container_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        if !container_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         {
             return Err(PluginError::EnvInvalid {
                 name: "CNI_CONTAINERID",
-                reason: "only letters, digits, '_', '.' and '-' are allowed".to_owned(),
+                reason: "must be a letter or digit followed by letters, digits, '_', '.' or '-'"
+                    .to_owned(),
             });
         }
         required_env(get, "CNI_NETNS")?;
         let ifname = required_env(get, "CNI_IFNAME")?;
         // IFNAMSIZ is 16 including the NUL (include/uapi/linux/if.h).
-        if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.contains(['/', ':']) {
+        if ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || ifname.contains(['/', ':'])
+            || ifname.contains(char::is_whitespace)
+        {
             return Err(PluginError::EnvInvalid {
                 name: "CNI_IFNAME",
                 reason: format!("{ifname:?} is not a valid interface name"),
@@ -224,10 +232,25 @@ impl NetConf {
         if !socket_path.starts_with('/') {
             return Err(invalid("daemonSocketPath", "must be an absolute path"));
         }
+        // sun_path holds 108 bytes including the terminating NUL (include/uapi/linux/un.h).
+        if socket_path.len() > 107 || socket_path.contains('\0') {
+            return Err(invalid(
+                "daemonSocketPath",
+                "must be at most 107 bytes without NUL (a Unix socket path)",
+            ));
+        }
 
         let max_wait_seconds: u64 = keys
             .optional("maxWaitTimeInSeconds")?
             .unwrap_or(DEFAULT_MAX_WAIT_SECONDS);
+        if max_wait_seconds == 0 {
+            // Zero would never ask the agent: every pod would pass unpaced (or, with
+            // onDeadline "retry", none would ever start). disableThrottling says "off" plainly.
+            return Err(invalid(
+                "maxWaitTimeInSeconds",
+                "must be at least 1; use disableThrottling to turn pacing off",
+            ));
+        }
         if max_wait_seconds > MAX_WAIT_LIMIT_SECONDS {
             return Err(invalid(
                 "maxWaitTimeInSeconds",
@@ -472,6 +495,11 @@ mod tests {
         assert!(AddEnv::parse(&env(&vars)).is_err());
         vars[2] = ("CNI_IFNAME", "a-very-long-interface-name");
         assert!(AddEnv::parse(&env(&vars)).is_err());
+        vars[2] = ("CNI_IFNAME", "eth 0");
+        assert!(AddEnv::parse(&env(&vars)).is_err());
+        let mut vars = ADD_ENV.to_vec();
+        vars[0] = ("CNI_CONTAINERID", "-abc");
+        assert!(AddEnv::parse(&env(&vars)).is_err());
     }
 
     #[test]
@@ -562,6 +590,14 @@ mod tests {
                 "maxWaitTimeInSeconds",
             ),
             (r#"{"cniVersion":7}"#, "cniVersion"),
+            (
+                r#"{"cniVersion":"1.0.0","maxWaitTimeInSeconds":0}"#,
+                "maxWaitTimeInSeconds",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","daemonSocketPath":"/a\u0000b"}"#,
+                "daemonSocketPath",
+            ),
             (
                 r#"{"cniVersion":"1.0.0","onDeadline":"panic"}"#,
                 "onDeadline",
