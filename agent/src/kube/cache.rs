@@ -7,24 +7,20 @@
 //! so that tests and operators can compare the agent's view with the API server's. A few dozen
 //! bytes per pod.
 //!
-//! The file is written to a temporary name and renamed, at most once a second while events
-//! stream, and at once after a relist or at the end of a watch. A write that fails is logged once
-//! and retried with the next change; it never affects pacing.
+//! The file is written to a temporary name and renamed after every change (a debugging aid: a few
+//! dozen KiB per write on a busy node is the price of a file that is never stale). A write that
+//! fails is logged once and retried with the next change; it never affects pacing.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use log::warn;
 use serde::Serialize;
 
 use super::watch::Listed;
 use crate::pod::PodInfo;
-
-/// The least time between two writes of the cache file while events stream.
-const WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
@@ -51,7 +47,6 @@ pub struct PodCache {
     version: String,
     file: Option<PathBuf>,
     dirty: bool,
-    last_write: Option<Instant>,
     write_failed: bool,
 }
 
@@ -63,7 +58,6 @@ impl PodCache {
             version: String::new(),
             file,
             dirty: false,
-            last_write: None,
             write_failed: false,
         }
     }
@@ -105,18 +99,12 @@ impl PodCache {
         }
     }
 
-    /// Writes the file if something changed: at once with `force`, else only if the
-    /// last write is older than [`WRITE_INTERVAL`].
-    pub fn flush(&mut self, force: bool) {
+    /// Writes the file if something changed since the last write.
+    pub fn flush(&mut self) {
         let Some(path) = &self.file else {
             return;
         };
-        if !self.dirty
-            || (!force
-                && self
-                    .last_write
-                    .is_some_and(|t| t.elapsed() < WRITE_INTERVAL))
-        {
+        if !self.dirty {
             return;
         }
         let tmp = path.with_extension("tmp");
@@ -134,7 +122,6 @@ impl PodCache {
             }
             Err(_) => {}
         }
-        self.last_write = Some(Instant::now());
     }
 
     /// `{"resourceVersion": ..., "pods": [{"uid", "namespace", "name", "resourceVersion"}]}`,
@@ -232,11 +219,11 @@ mod tests {
         let path = dir.join("pods.json");
         let mut cache = PodCache::new(Some(path.clone()));
         cache.replace(&[listed("b", "2"), listed("a", "1")], "5");
-        cache.flush(true);
+        cache.flush();
         cache.delete("b");
         cache.upsert(&pod("c"), "6");
         cache.set_version("6");
-        cache.flush(true);
+        cache.flush();
         let json: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&path).expect("file")).expect("json");
         assert_eq!(

@@ -241,7 +241,7 @@ pub fn run(
                 Ok((pods, version)) => {
                     lists += 1;
                     let diff = cache.replace(&pods, &version);
-                    cache.flush(true);
+                    cache.flush();
                     if lists == 1 {
                         info!(
                             "synced {} pods of node {} at resourceVersion {version}",
@@ -284,7 +284,7 @@ pub fn run(
             apply(&mut cache, event, at, sink)
         });
         cache.set_version(&version);
-        cache.flush(true);
+        cache.flush();
         let lived = started.elapsed();
         let quick = lived < MIN_WATCH;
         if lived >= HEALTHY_WATCH {
@@ -373,7 +373,7 @@ fn apply(
         }
         WatchEvent::Bookmark | WatchEvent::Expired => true,
     };
-    cache.flush(false);
+    cache.flush();
     sent
 }
 
