@@ -125,6 +125,11 @@ realnode_setup_file() {
 
   # The session lock, for as long as this bats file process (the owner) lives.
   local owner="${BASHPID}" wait="${REALNODE_SESSION_WAIT:-900}" t0="${SECONDS}"
+  local session_lock="${REALNODE_LOCK:-/run/lock/pod-pacemaker-realnode.lock}"
+  session_lock="${session_lock%.lock}.session.lock"
+  if [[ -e "${session_lock}" ]] && ! flock -n "${session_lock}" true 2>/dev/null; then
+    realnode_diag "another real-node test run holds ${session_lock} ($(cat "${session_lock}.owner" 2>/dev/null || echo '?')): waiting up to ${wait}s"
+  fi
   if ! REALNODE_SESSION_HOLDER="$("${REALNODE}" session-lock "${owner}" "${wait}" 2>>"${REALNODE_TEST_LOG}")"; then
     REALNODE_SKIP="another real-node test run kept the session lock for ${wait}s: $(tail -n1 "${REALNODE_TEST_LOG}")"
     realnode_diag "skipping the real node: ${REALNODE_SKIP}"
