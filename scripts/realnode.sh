@@ -36,7 +36,8 @@
 # hold REALNODE_LOCK (flock) while they run, so two of them never interleave; a second one waits
 # up to REALNODE_LOCK_WAIT seconds. A test run also holds the session lock (REALNODE_LOCK with
 # .session.lock) from its setup to its teardown, so that a second run waits for the first
-# instead of finding the node half torn down.
+# instead of finding the node half torn down; while a run holds it, up, down and pacemaker from
+# anyone else refuse to run.
 #
 # Isolation (see docs/testing.md, "The real node"):
 #   * network: every component runs in netns REALNODE_NETNS. The API server listens on every
@@ -148,6 +149,19 @@ take_lock() {
     flock -w "${LOCK_WAIT}" 9 || die "timed out after ${LOCK_WAIT}s waiting for ${LOCK}"
   fi
   echo "pid $$ (${1}) since $(date -u +%FT%TZ)" >"${LOCK}.owner"
+}
+
+# check_session: a test run that holds the session lock owns the node for its duration. up, down
+# and pacemaker refuse to run beside it, unless they are that run's own (the bats library exports
+# REALNODE_SESSION_HOLDER, the holder's pid, which the lock's owner file names).
+check_session() {
+  [[ -e "${SESSION_LOCK}" ]] || return 0
+  if flock -n "${SESSION_LOCK}" true 2>/dev/null; then return 0; fi
+  if [[ -n "${REALNODE_SESSION_HOLDER:-}" ]] &&
+    grep -qF "(holder ${REALNODE_SESSION_HOLDER})" "${SESSION_LOCK}.owner" 2>/dev/null; then
+    return 0
+  fi
+  die "a test run owns the real node now (${SESSION_LOCK}: $(cat "${SESSION_LOCK}.owner" 2>/dev/null || echo '?')); wait for it, or take 'session-lock' yourself"
 }
 
 # session-lock OWNER_PID [SECONDS]: a background holder takes SESSION_LOCK (waiting up to SECONDS)
@@ -578,7 +592,7 @@ cmd_up() {
   wait_for "node ${NODE} Ready" "${UP_TIMEOUT}" node_ready
   wait_for "service account default/default" 60 kc -n default get serviceaccount default
   wait_for "kubernetes Service https://${SERVICE_IP}:${SERVICE_PORT} (endpoint ${NODE_IP}:${API_PORT})" 30 \
-    in_node curl -sf --max-time 2 --cacert "${STATE}/pki/ca.crt" "https://${SERVICE_IP}:${SERVICE_PORT}/readyz"
+    in_node curl -sf --noproxy '*' --max-time 2 --cacert "${STATE}/pki/ca.crt" "https://${SERVICE_IP}:${SERVICE_PORT}/readyz"
   # Our plugin joins the chain once the agent serves its socket; containerd re-reads the conf dir.
   if [[ "${with_pacemaker}" -eq 1 ]]; then
     start_pacemaker_daemonset "${limit}"
@@ -847,10 +861,17 @@ EOF
 }
 
 case "${1:-}" in
-  up) shift; take_lock up; cmd_up "$@" ;;
-  down) shift; take_lock down; cmd_down ;;
+  up) shift; check_session; take_lock up; cmd_up "$@" ;;
+  down) shift; check_session; take_lock down; cmd_down ;;
   status) shift; cmd_status ;;
-  pacemaker) shift; [[ "${1:-}" == status ]] || take_lock "pacemaker ${1:-}"; cmd_pacemaker "$@" ;;
+  pacemaker)
+    shift
+    if [[ "${1:-}" != status ]]; then
+      check_session
+      take_lock "pacemaker ${1:-}"
+    fi
+    cmd_pacemaker "$@"
+    ;;
   kubectl) shift; kc "$@" ;;
   exec) shift; in_node "$@" ;;
   node-exec) shift; in_node_mnt "$@" ;;

@@ -161,7 +161,7 @@ cleanup_pods() {
   assert_output "${REALNODE_NODE_IP}:6443"
   # From the node's netns, as a hostNetwork pod (the agent) connects, verifying the API server's
   # certificate for the ClusterIP with the cluster CA.
-  run "${REALNODE}" exec curl -sS --max-time 5 --cacert "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/pki/ca.crt" \
+  run "${REALNODE}" exec curl -sS --noproxy '*' --max-time 5 --cacert "${REALNODE_DIR:-/var/lib/pod-pacemaker-realnode}/pki/ca.crt" \
     "https://${REALNODE_SERVICE_IP}:443/version"
   assert_success
   assert_output --partial '"gitVersion": "v1.34.'
