@@ -5,7 +5,7 @@
 //! The agent is built once. It trusts only the certificates of the cluster CA (no web PKI roots),
 //! treats every HTTP status as an outcome rather than an error, follows no redirects (they would
 //! carry the token elsewhere) and has explicit timeouts on every phase: resolve and connect, send,
-//! the response head, and the body. A list page must arrive within [`LIST_BODY_TIMEOUT`]; a watch
+//! the response head, the body, each read, and the request as a whole. A list page must arrive within [`LIST_BODY_TIMEOUT`]; a watch
 //! asks the server to end it after a random 5–10 minutes (`timeoutSeconds`, as client-go does, so
 //! that a node's agents do not reconnect in step) and gives up on the body a margin after that.
 //! A watch also has a per-read bound, the silence bound: the server sends a BOOKMARK about once a
@@ -44,6 +44,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A page of 500 pods is a few MiB; a minute is plenty on any working link.
 pub(super) const LIST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole of a request that is not a watch, from resolving to the last byte of the body.
+const REQUEST_TOTAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Any single read of a list or write response; a stalled connection fails this long after its
 /// last byte instead of at the end of the body timeout.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,6 +199,7 @@ impl KubeClient {
                 .query("timeoutSeconds", length.as_secs().to_string())
                 .header("Authorization", auth)
                 .config()
+                .timeout_global(Some(length + WATCH_MARGIN + REQUEST_TOTAL_TIMEOUT))
                 .timeout_recv_body(Some(length + WATCH_MARGIN))
                 .timeout_per_read(Some(self.watch_silence))
                 .build()
@@ -247,6 +250,7 @@ impl KubeClient {
 fn agent_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TOTAL_TIMEOUT))
         .max_redirects(0)
         .user_agent(concat!("pod-pacemaker-agent/", env!("CARGO_PKG_VERSION")))
         .accept("application/json")
