@@ -39,7 +39,9 @@ setup() {
   load helpers/kube
   KUBE_DIR="$(mktemp -d /tmp/ppm-kube-rn.XXXXXX)"
   : >"${KUBE_DIR}/pids"
+  # shellcheck disable=SC2034 # read by helpers/kube.bash
   KUBE_NS="${NS}"
+  # shellcheck disable=SC2034 # read by helpers/kube.bash
   KUBE_NODE="${REALNODE_NODE}"
   # The real kubelet posts status every few seconds and bookmarks come once a minute: a longer
   # silence bound than against the fake, still well under the test bounds.
@@ -157,8 +159,8 @@ etcd_compact() {
 # apiserver_restart: stops kube-apiserver and starts it again with the same command line in the
 # node's namespaces, recording the new pid where realnode.sh keeps it (so that `down` stops it).
 apiserver_restart() {
-  local pidfile="${REALNODE_DIR}/pids/kube-apiserver" pid started holder args=()
-  read -r pid started <"${pidfile}"
+  local pidfile="${REALNODE_DIR}/pids/kube-apiserver" pid holder args=()
+  read -r pid _ <"${pidfile}"
   mapfile -d '' -t args <"/proc/${pid}/cmdline"
   [[ "${#args[@]}" -gt 1 && "${args[0]}" == *kube-apiserver ]] ||
     { echo "pid ${pid} is not the kube-apiserver" >&2; return 1; }

@@ -268,6 +268,7 @@ kube_assert_holders() {
   run "${KUBE_AGENT_BIN}" --status --socket "${KUBE_DIR}/agent.sock"
   assert_success
   local got
+  # shellcheck disable=SC2154 # set by bats' run
   got="$(grep '^HOLDER ' <<<"${output}" | sed -E 's/.* name=([^ ]+).*/\1/' | sort | tr '\n' ' ')"
   assert_equal "${got}" "${want}"
   assert_line --regexp "^STATUS holders=$# limit=2 "
