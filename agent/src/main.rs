@@ -319,10 +319,10 @@ fn init_logging(level: LevelFilter) -> Result<(), log::SetLoggerError> {
     };
     simple_logger::SimpleLogger::new()
         .with_level(level)
-        // ureq_proto's trace level dumps the raw request bytes, Authorization header included,
-        // and ureq's trace level shows wire detail too: neither goes above debug, so the token
-        // cannot reach the log (STYLE.md habit 8).
-        .with_module_level("ureq", library_level.min(LevelFilter::Debug))
+        .with_module_level("ureq", library_level)
+        // ureq_proto's trace level dumps the raw request bytes, Authorization header included:
+        // never above debug, so the token cannot reach the log (STYLE.md habit 8). ureq's own
+        // trace lines redact headers and are kept.
         .with_module_level("ureq_proto", library_level.min(LevelFilter::Debug))
         .with_module_level("rustls", library_level)
         .with_utc_timestamps()
