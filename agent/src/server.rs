@@ -303,6 +303,8 @@ fn read_request(stream: &UnixStream) -> Result<Option<Request>, AgentError> {
 }
 
 /// Hands a WAIT to the scheduler and relays its replies until a final one.
+// TODO(#6): let the scheduler thread write the replies itself (non-blocking, a full buffer counts
+// as a client gone) so that a grant wakes one thread fewer; see docs/decisions.md D16.
 fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
     let (replies, from_scheduler) = mpsc::channel();
     let sent = scheduler.send(SchedMsg::Wait {

@@ -10,7 +10,10 @@
 //! goes into the scheduler's channel exactly as the watch thread sends it, and the time until the
 //! next waiter's `wait_for_slot` returns `Granted` is the grant latency after the releasing event.
 //! The baseline is one round trip on a Unix stream socket between two threads (a line out, a line
-//! back), one right before each release, and its median is the divisor of both figures.
+//! back): the median of 2000 back to back, taken before the clients start; it divides both
+//! figures. The median of one round trip taken right before each release is printed too
+//! (`socket_round_trip_hot_us`): there the kernel hands the CPU straight over and it is several
+//! times cheaper, which is worth knowing when reading the figures (docs/decisions.md D16).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +29,7 @@ use super::*;
 use crate::server::{self, Server};
 
 const WAITERS: usize = 500;
+const ROUND_TRIPS: usize = 2_000;
 /// Targets printed with the figures (checked by scripts/bench.sh, never by a test).
 const P50_TARGET: f64 = 5.0;
 const P99_TARGET: f64 = 20.0;
@@ -81,6 +85,32 @@ impl Drop for Echo {
             let _ = thread.join();
         }
     }
+}
+
+/// The median of `ROUND_TRIPS` round trips through a pair of `mpsc` channels between two threads,
+/// the hand-off the watch thread and the scheduler thread use.
+fn channel_round_trip() -> Duration {
+    let (to_echo, echo_rx) = mpsc::channel::<Instant>();
+    let (to_main, main_rx) = mpsc::channel::<Instant>();
+    let echo = thread::spawn(move || {
+        while let Ok(t) = echo_rx.recv() {
+            if to_main.send(t).is_err() {
+                return;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS + 200 {
+        let start = Instant::now();
+        to_echo.send(start).expect("send");
+        main_rx.recv().expect("recv");
+        if i >= 200 {
+            samples.push(start.elapsed());
+        }
+    }
+    drop(to_echo);
+    let _ = echo.join();
+    percentile(&mut samples, 50)
 }
 
 /// Formats every record at info and above, as the agent's logger does, and drops the text: the
@@ -141,11 +171,14 @@ fn waiting_count(socket: &std::path::Path) -> u32 {
 #[test]
 #[ignore = "#6: benchmark, run by scripts/bench.sh scheduler"]
 fn grant_latency() {
-    // 1. A logger as costly as the agent's (less the write), and the echo for the baseline.
+    // 1. The baseline, and a logger as costly as the agent's (less the write).
     let mut echo = Echo::new();
     for _ in 0..200 {
         echo.round_trip();
     }
+    let mut round_trips: Vec<Duration> = (0..ROUND_TRIPS).map(|_| echo.round_trip()).collect();
+    let rtt = percentile(&mut round_trips, 50);
+    let channel_rtt = channel_round_trip();
     if log::set_logger(&FORMAT_ONLY).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
@@ -227,13 +260,12 @@ fn grant_latency() {
     thread::sleep(Duration::from_millis(1500));
 
     // 4. 500 releases, one at a time: the holder turns Ready, the next waiter's grant is timed.
-    //    Right before each, one baseline round trip, so both see the same machine state (a
-    //    wake-up on an idle virtual CPU costs ten times one on a busy one).
+    //    Right before each, one more round trip, for the "hot" figure.
     let mut holder = 0;
     let mut samples = Vec::with_capacity(WAITERS);
-    let mut round_trips = Vec::with_capacity(WAITERS);
+    let mut hot = Vec::with_capacity(WAITERS);
     for _ in 0..WAITERS {
-        round_trips.push(echo.round_trip());
+        hot.push(echo.round_trip());
         let mut ready = pod_named(holder);
         ready.release = Some(ReleaseReason::Ready);
         ready.started = true;
@@ -260,11 +292,19 @@ fn grant_latency() {
     let _ = std::fs::remove_dir_all(&dir);
 
     drop(echo);
-    let rtt = percentile(&mut round_trips, 50);
+    let hot = percentile(&mut hot, 50);
     let p50 = percentile(&mut samples, 50);
     let p99 = percentile(&mut samples, 99);
     let ratio = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64().max(1e-9);
     println!("info socket_round_trip_us {:.1}", rtt.as_secs_f64() * 1e6);
+    println!(
+        "info socket_round_trip_hot_us {:.1} (one right before each release)",
+        hot.as_secs_f64() * 1e6
+    );
+    println!(
+        "info channel_round_trip_us {:.1} (mpsc, as between the watch and scheduler threads)",
+        channel_rtt.as_secs_f64() * 1e6
+    );
     println!(
         "info grant_latency_p50_us {:.1} p99_us {:.1} max_us {:.1} waiters {WAITERS}",
         p50.as_secs_f64() * 1e6,
