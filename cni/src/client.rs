@@ -93,9 +93,7 @@ fn attempt(socket: &Path, request: &Request, deadline: Instant) -> Attempt {
     };
 
     // 1. Send the version line and the request in one write.
-    let mut out = String::with_capacity(128);
-    out.push_str(protocol::VERSION_LINE);
-    out.push('\n');
+    let mut out = protocol::version_line();
     out.push_str(&request.encode());
     let mut writer = &stream;
     if let Err(err) =
