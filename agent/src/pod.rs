@@ -172,6 +172,9 @@ pub enum ReleaseReason {
     /// The slot was granted before the pod was known, and the pod turned out to be one the agent
     /// does not pace.
     Skip,
+    /// The pod never showed up in the agent's view while it held the slot, although the view
+    /// was current (a list or a bookmark) well after the grant: a pod the API does not know.
+    NotFound,
 }
 
 impl ReleaseReason {
@@ -188,6 +191,7 @@ impl ReleaseReason {
             ReleaseReason::ContainerError => "container-error",
             ReleaseReason::Undelivered => "undelivered",
             ReleaseReason::Skip => "skip",
+            ReleaseReason::NotFound => "not-found",
         }
     }
 }

@@ -60,6 +60,9 @@ pub enum KubeEvent {
     PodDeleted(String),
     /// A full list: every pod of the node. Pods missing from it are gone.
     Resynced(Vec<PodInfo>),
+    /// The watch delivered a bookmark (or another event that changes no pod): every change up to
+    /// it has been sent, so the view is current as of now.
+    Current,
 }
 
 /// Why a call to the API server failed.
@@ -371,7 +374,8 @@ fn apply(
             cache.delete(&uid);
             sink(KubeEvent::PodDeleted(uid))
         }
-        WatchEvent::Bookmark | WatchEvent::Expired => true,
+        WatchEvent::Bookmark => sink(KubeEvent::Current),
+        WatchEvent::Expired => true,
     };
     cache.flush();
     sent

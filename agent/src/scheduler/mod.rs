@@ -113,6 +113,17 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(60);
 /// burst of hundreds of requests costs a few writes, not one each. A crash loses at most the
 /// changes of this last interval; a waiter missing from the file queues again on reconnect.
 const SAVE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a deleted pod's UID is remembered, so that a `WAIT` for it that comes after the
+/// deletion (the runtime's ADD raced the delete) passes at once instead of taking a slot. The
+/// kubelet gives up on a deleted pod's sandbox within seconds; ten minutes covers a slow one.
+pub const DELETED_MEMORY: Duration = Duration::from_secs(600);
+/// At most this many deleted UIDs are remembered; beyond it the oldest deletions are dropped.
+pub const MAX_DELETED: usize = 10_000;
+/// A holder whose pod never showed up in the view is released (`not-found`) once the view is
+/// current (a list, or a bookmark of the watch) this long after the grant. The watch lags the
+/// kubelet by well under a second, and a static pod's mirror pod is created before its sandbox,
+/// so a pod still unknown after this long is one the API does not have.
+pub const UNSEEN_HOLDER_GRACE: Duration = Duration::from_secs(30);
 
 /// The behaviour the command line chose.
 #[derive(Clone, Debug)]
@@ -198,6 +209,7 @@ pub fn run(
             Some(SchedMsg::Kube(KubeEvent::PodDeleted(uid))) => {
                 scheduler.on_pod_deleted(&uid, now);
             }
+            Some(SchedMsg::Kube(KubeEvent::Current)) => scheduler.on_current(now),
             Some(SchedMsg::Wait {
                 conn,
                 request,
@@ -294,6 +306,9 @@ pub struct Scheduler {
     gates: Gates,
     /// The node's pods by UID, as of the last list and watch event.
     pods: HashMap<String, PodInfo>,
+    /// UIDs of pods seen deleted (an event, or gone from a list), with the deletion instant; kept
+    /// for [`DELETED_MEMORY`], at most [`MAX_DELETED`].
+    deleted: HashMap<String, Instant>,
     /// Holders, in grant order.
     slots: Vec<Slot>,
     queue: Queue,
@@ -348,6 +363,7 @@ impl Scheduler {
             options,
             gates: Gates::new(limits, now),
             pods: HashMap::new(),
+            deleted: HashMap::new(),
             slots: Vec::new(),
             queue: Queue::default(),
             restored,
@@ -380,7 +396,19 @@ impl Scheduler {
             known.is_some()
         );
 
-        // 2. A pod the agent does not pace, or that is done, passes at once.
+        // 2. A pod the agent does not pace, or that is done or deleted, passes at once.
+        if let Some(uid) = uid.as_deref().filter(|u| self.deleted.contains_key(*u)) {
+            info!("grant pod={namespace}/{name} uid={uid} reason=skip skip=deleted");
+            let index = self
+                .queue
+                .iter()
+                .position(|e| e.uid.as_deref() == Some(uid));
+            if let Some(index) = index {
+                self.pass_entry(index, "deleted");
+            }
+            self.reply(conn, granted(GrantReason::Skip));
+            return;
+        }
         if let Some(pod) = known {
             let why = match pod.skip_reason(&self.options.skip) {
                 Some(skip) => Some(skip.as_str()),
@@ -557,6 +585,7 @@ impl Scheduler {
 
     /// A pod was added or changed.
     pub fn on_pod_upsert(&mut self, pod: PodInfo, now: Instant) {
+        self.deleted.remove(&pod.uid);
         self.apply_pod(&pod, now);
         self.pods.insert(pod.uid.clone(), pod);
         self.grant_free_slots(now);
@@ -565,6 +594,7 @@ impl Scheduler {
     /// The pod with `uid` was deleted.
     pub fn on_pod_deleted(&mut self, uid: &str, now: Instant) {
         self.pods.remove(uid);
+        self.remember_deleted(uid.to_owned(), now);
         self.release_where(ReleaseReason::Deleted, now, |s| {
             s.uid.as_deref() == Some(uid)
         });
@@ -587,17 +617,23 @@ impl Scheduler {
             .filter(|uid| !listed.contains_key(*uid))
             .cloned()
             .collect();
-        for uid in &gone {
-            self.pod_gone(uid, now);
+        for uid in gone {
+            self.pod_gone(&uid, now);
+            self.remember_deleted(uid, now);
         }
 
         // 2. Every listed pod is applied as if it had just changed.
         for pod in listed.values() {
+            self.deleted.remove(&pod.uid);
             self.apply_pod(pod, now);
         }
         self.pods = listed;
 
-        // 3. The first list rebuilds the holders and the queue.
+        // 3. The view is complete: holders whose pod never showed up are released after the
+        //    grace time (holders restored or adopted at the first list are checked from the next).
+        self.release_unseen(now);
+
+        // 4. The first list rebuilds the holders and the queue.
         let first = !self.synced;
         if first {
             self.restore(now);
@@ -607,6 +643,12 @@ impl Scheduler {
         }
         self.grant_free_slots(now);
         first
+    }
+
+    /// The watch is current (a bookmark): every change up to now has been applied.
+    pub fn on_current(&mut self, now: Instant) {
+        self.release_unseen(now);
+        self.grant_free_slots(now);
     }
 
     /// New limits: holders and waiters stay; the limits apply from the next grant.
@@ -675,6 +717,10 @@ impl Scheduler {
             debug!("forgot {} remembered positions", forgotten.len());
             self.dirty = true;
         }
+
+        // 4. Deleted UIDs past their time.
+        self.deleted
+            .retain(|_, at| now.saturating_duration_since(*at) < DELETED_MEMORY);
 
         self.grant_free_slots(now);
     }
@@ -835,6 +881,30 @@ impl Scheduler {
             .filter(|p| p.namespace == namespace && p.name == name && !p.is_deleting())
             .max_by(|a, b| a.created.cmp(&b.created))
             .map(|p| p.uid.clone())
+    }
+
+    /// Remembers that the pod with `uid` was deleted; beyond [`MAX_DELETED`] the oldest go.
+    fn remember_deleted(&mut self, uid: String, now: Instant) {
+        self.deleted.insert(uid, now);
+        if self.deleted.len() > MAX_DELETED {
+            let oldest = self
+                .deleted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(uid, _)| uid.clone());
+            if let Some(oldest) = oldest {
+                self.deleted.remove(&oldest);
+            }
+        }
+    }
+
+    /// Releases the holders whose pod has never been in the view although the view is current
+    /// [`UNSEEN_HOLDER_GRACE`] after their grant (see the constant). `seen` is set whenever the
+    /// slot's pod is in the cache, so an unseen slot's pod is not in it.
+    fn release_unseen(&mut self, now: Instant) {
+        self.release_where(ReleaseReason::NotFound, now, |s| {
+            !s.seen && now.saturating_duration_since(s.since) >= UNSEEN_HOLDER_GRACE
+        });
     }
 
     fn next_seq(&mut self) -> u64 {

@@ -1218,3 +1218,96 @@ fn owner_thread_serves_messages_saves_state_and_stops() {
     assert!(saved.queue[0].waiting);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn wait_for_a_pod_deleted_before_it_asked_passes_without_a_slot() {
+    let now = Instant::now();
+    let mut s = synced(1, now);
+    for (name, uid) in [("q1", "u1"), ("q2", "u2"), ("q3", "u3"), ("q4", "u4")] {
+        s.on_pod_upsert(pod(name, uid), now);
+    }
+    s.on_wait(1, wait("q1", Some("u1")), now);
+    // q2 is deleted by a watch event, q4 by its absence from a relist, before their WAITs come.
+    s.on_pod_deleted("u2", now);
+    s.on_resync(vec![pod("q1", "u1"), pod("q3", "u3")], now);
+    s.take_outbox();
+    s.on_wait(2, wait("q2", Some("u2")), now);
+    s.on_wait(4, wait("q4", Some("u4")), now);
+    assert_eq!(
+        grants(&s.take_outbox()),
+        [(2, GrantReason::Skip), (4, GrantReason::Skip)]
+    );
+    assert_eq!(holder_uids(&s), ["u1"]);
+    assert!(queued_names(&s, now).is_empty());
+
+    // The slot q1 frees goes to q3, the next pod that exists.
+    s.on_wait(3, wait("q3", Some("u3")), now);
+    s.on_pod_upsert(ready("q1", "u1"), now);
+    assert_eq!(slot_grants(&s.take_outbox()), [3]);
+    assert_eq!(holder_uids(&s), ["u3"]);
+
+    // The deleted UIDs are remembered for a bounded time only.
+    s.tick(now + DELETED_MEMORY);
+    assert!(s.deleted.is_empty());
+}
+
+#[test]
+fn waiter_deleted_while_queued_never_holds_a_slot() {
+    // The tester's repro: q2 is deleted while it waits behind q1; when q1 is Ready, q3 gets the
+    // slot, and nothing is left for the lease to free.
+    let now = Instant::now();
+    let mut s = synced(1, now);
+    for (name, uid) in [("q1", "u1"), ("q2", "u2"), ("q3", "u3")] {
+        s.on_pod_upsert(pod(name, uid), now);
+    }
+    s.on_wait(1, wait("q1", Some("u1")), now);
+    s.on_wait(2, wait("q2", Some("u2")), now);
+    s.on_pod_deleted("u2", now);
+    assert_eq!(
+        grants(&s.take_outbox()),
+        [(1, GrantReason::Slot), (2, GrantReason::Skip)]
+    );
+    // A retried ADD of the deleted pod passes too.
+    s.on_wait(5, wait("q2", Some("u2")), now);
+    assert_eq!(grants(&s.take_outbox()), [(5, GrantReason::Skip)]);
+    s.on_pod_upsert(ready("q1", "u1"), now);
+    s.on_wait(3, wait("q3", Some("u3")), now);
+    assert_eq!(slot_grants(&s.take_outbox()), [3]);
+    assert_eq!(holder_uids(&s), ["u3"]);
+    assert_eq!(s.released, [("u1".to_owned(), ReleaseReason::Ready)]);
+}
+
+#[test]
+fn holder_of_a_pod_the_api_does_not_know_is_released_once_the_view_is_current() {
+    let now = Instant::now();
+    let mut s = synced(1, now);
+    // Granted although the pod is unknown (the unknown-pod policy paces it); its client then
+    // closes after the grant was delivered.
+    s.on_wait(1, wait("ghost", Some("ug")), now);
+    s.on_wait(2, wait("b", Some("ub")), now);
+    s.on_pod_upsert(pod("b", "ub"), now);
+    assert_eq!(slot_grants(&s.take_outbox()), [1]);
+
+    // A bookmark within the grace time: the pod may still be on its way.
+    s.on_current(now + UNSEEN_HOLDER_GRACE - Duration::from_millis(1));
+    assert_eq!(holder_uids(&s), ["ug"]);
+
+    // The view is current after the grace time and the pod is not in it: released.
+    let later = now + UNSEEN_HOLDER_GRACE;
+    s.on_current(later);
+    assert_eq!(s.released, [("ug".to_owned(), ReleaseReason::NotFound)]);
+    assert_eq!(slot_grants(&s.take_outbox()), [2]);
+
+    // A relist does the same; a holder whose pod is listed stays.
+    s.on_wait(3, wait("ghost2", Some("ug2")), later);
+    s.on_pod_upsert(ready("b", "ub"), later);
+    assert_eq!(slot_grants(&s.take_outbox()), [3]);
+    s.on_resync(vec![pod("c", "uc")], later + UNSEEN_HOLDER_GRACE);
+    assert_eq!(
+        s.released.last(),
+        Some(&("ug2".to_owned(), ReleaseReason::NotFound))
+    );
+    s.on_wait(4, wait("c", Some("uc")), later + UNSEEN_HOLDER_GRACE);
+    s.on_current(later + 3 * UNSEEN_HOLDER_GRACE);
+    assert_eq!(holder_uids(&s), ["uc"]);
+}

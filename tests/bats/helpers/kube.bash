@@ -158,12 +158,13 @@ kube_watch_open() {
 
 # --- the agent ----------------------------------------------------------------------------------
 
-# kube_agent_start [FLAGS...]: the agent with a limit of 2, the short silence bound and a cache
-# file; the API flags default to the fake's files (the token is copied to KUBE_DIR/agent-token, so
-# a test can rotate the server's token without the agent seeing it at once). Waits for the socket.
+# kube_agent_start [FLAGS...]: the agent with a limit of KUBE_LIMIT (default 2), the short silence
+# bound and a cache file; the API flags default to the fake's files (the token is copied to
+# KUBE_DIR/agent-token, so a test can rotate the server's token without the agent seeing it at
+# once). Waits for the socket.
 kube_agent_start() {
-  local args=(--node-name "${KUBE_NODE}" --socket "${KUBE_DIR}/agent.sock" --max-concurrent 2
-    --watch-silence-seconds "${KUBE_SILENCE_S}" --pod-cache-file "${KUBE_DIR}/pods.json")
+  local args=(--node-name "${KUBE_NODE}" --socket "${KUBE_DIR}/agent.sock"
+    --max-concurrent "${KUBE_LIMIT:-2}" --watch-silence-seconds "${KUBE_SILENCE_S}" --pod-cache-file "${KUBE_DIR}/pods.json")
   if [[ " $* " != *" --kubeconfig "* ]]; then
     [[ -e "${KUBE_DIR}/agent-token" ]] || cp "${KUBE_DIR}/api/token" "${KUBE_DIR}/agent-token"
     args+=(--api-server "https://${KUBE_API_ADDR}" --token-file "${KUBE_DIR}/agent-token"
