@@ -44,6 +44,12 @@ pub enum AgentError {
     Throttle(crate::config::throttle::ThrottleError),
     /// `--status`: asking the running agent failed (it is the client here).
     QueryStatus { path: PathBuf, problem: String },
+    /// The client did not send its version line and request within the deadline; `line` is the
+    /// one that was incomplete.
+    RequestTimedOut {
+        line: &'static str,
+        after: std::time::Duration,
+    },
     /// The agent is stopping; the client should retry on a new connection.
     ShuttingDown,
     /// Starting a thread failed.
@@ -68,7 +74,7 @@ pub enum AgentError {
 pub fn error_code(err: &AgentError) -> ErrorCode {
     match err {
         AgentError::BadRequest(DecodeError::LineTooLong) => ErrorCode::LineTooLong,
-        AgentError::BadRequest(_) => ErrorCode::BadRequest,
+        AgentError::BadRequest(_) | AgentError::RequestTimedOut { .. } => ErrorCode::BadRequest,
         AgentError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
         AgentError::ShuttingDown => ErrorCode::ShuttingDown,
         AgentError::Superseded => ErrorCode::Superseded,
@@ -139,6 +145,11 @@ impl fmt::Display for AgentError {
                     path.display()
                 )
             }
+            AgentError::RequestTimedOut { line, after } => write!(
+                f,
+                "request timed out: the {line} was not complete within {} s",
+                after.as_secs()
+            ),
             AgentError::ShuttingDown => f.write_str("agent is shutting down"),
             AgentError::SpawnThread { name, source } => {
                 write!(f, "starting thread {name}: {source}")
@@ -178,6 +189,7 @@ impl std::error::Error for AgentError {
             AgentError::Throttle(err) => Some(err),
             AgentError::NotASocket { .. }
             | AgentError::QueryStatus { .. }
+            | AgentError::RequestTimedOut { .. }
             | AgentError::ShuttingDown
             | AgentError::Superseded
             | AgentError::TooManyConnections { .. }
@@ -205,6 +217,13 @@ mod tests {
             (
                 AgentError::UnsupportedVersion("pod-pacemaker/9".to_owned()),
                 ErrorCode::UnsupportedVersion,
+            ),
+            (
+                AgentError::RequestTimedOut {
+                    line: "request line",
+                    after: std::time::Duration::from_secs(5),
+                },
+                ErrorCode::BadRequest,
             ),
             (AgentError::ShuttingDown, ErrorCode::ShuttingDown),
             (AgentError::TooManyConnections { limit: 1 }, ErrorCode::Busy),

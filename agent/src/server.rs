@@ -9,7 +9,8 @@
 //!
 //! The `agent-sock` thread accepts; each connection gets an `agent-conn` thread, up to
 //! [`MAX_CONNECTIONS`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
-//! version line and one request under a read timeout, answers `PING` itself, asks the scheduler
+//! version line and one request within one deadline from the accept (`REQUEST_TIMEOUT`; a
+//! client dripping bytes cannot stretch it), answers `PING` itself, asks the scheduler
 //! for a `STATUS`, and hands a `WAIT` to the scheduler, writing each reply it sends back. While it
 //! waits it checks every [`CLOSE_POLL`] whether the client has closed, and tells the scheduler
 //! ([`SchedMsg::Gone`]) when the client left or a reply could not be written. A line that does not
@@ -26,17 +27,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use pod_pacemaker::protocol::{self, Reply, Request, StatusReply, WaitRequest};
+use pod_pacemaker::protocol::{self, DecodeError, Reply, Request, StatusReply, WaitRequest};
 
 use crate::error::{error_reply, AgentError};
 use crate::scheduler::{ConnId, SchedMsg};
 
 /// The most connections served at once; a WAIT holds its connection until granted.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// How long a client has to send its version line and request.
+/// How long a client has to send its version line and request, in total from the accept: a client
+/// that drips one byte at a time cannot hold a connection longer than this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply write may block on a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -253,15 +255,13 @@ impl Drop for ActiveGuard {
 
 /// Serves the one request of a connection.
 fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedMsg>) {
-    // 1. Read the version line and the request.
-    let timeouts = stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
-    if let Err(err) = timeouts {
+    // 1. Read the version line and the request, both within one deadline.
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    if let Err(err) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
         debug!("conn={conn}: setting socket timeouts failed: {err}");
         return;
     }
-    let request = match read_request(stream) {
+    let request = match read_request(stream, deadline) {
         Ok(Some(request)) => request,
         Ok(None) => return,
         Err(err) => {
@@ -284,22 +284,62 @@ fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedM
     }
 }
 
-/// Reads the version line and one request. `Ok(None)` when the client closed before sending a
-/// complete request.
-fn read_request(stream: &UnixStream) -> Result<Option<Request>, AgentError> {
-    let mut reader = BufReader::new(stream);
-    let Some(version) = protocol::read_line(&mut reader).map_err(AgentError::BadRequest)? else {
+/// Reads the version line and one request, both before `deadline`. `Ok(None)` when the client
+/// closed before sending a complete request.
+fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Option<Request>, AgentError> {
+    let mut reader = BufReader::new(DeadlineReader { stream, deadline });
+    let Some(version) = read_line_of(&mut reader, "version line")? else {
         return Ok(None);
     };
     if !protocol::check_version(&version) {
         return Err(AgentError::UnsupportedVersion(version));
     }
-    let Some(line) = protocol::read_line(&mut reader).map_err(AgentError::BadRequest)? else {
+    let Some(line) = read_line_of(&mut reader, "request line")? else {
         return Ok(None);
     };
     Request::decode(&line)
         .map(Some)
         .map_err(AgentError::BadRequest)
+}
+
+/// Reads one line of the request; a deadline that passes is named with the line it cut short.
+fn read_line_of(
+    reader: &mut BufReader<DeadlineReader<'_>>,
+    line: &'static str,
+) -> Result<Option<String>, AgentError> {
+    protocol::read_line(reader).map_err(|err| match err {
+        DecodeError::Io(io) if io.kind() == ErrorKind::TimedOut => AgentError::RequestTimedOut {
+            line,
+            after: REQUEST_TIMEOUT,
+        },
+        other => AgentError::BadRequest(other),
+    })
+}
+
+/// Reads from the stream until one deadline: each read may block only for the time left, so the
+/// bound holds for the whole request, not per byte. Past the deadline a read fails `TimedOut`.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timed_out = || io::Error::new(ErrorKind::TimedOut, "request deadline passed");
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        match stream.read(buf) {
+            // A socket read timeout shows as WouldBlock (EAGAIN) on Linux.
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(timed_out())
+            }
+            other => other,
+        }
+    }
 }
 
 /// Hands a WAIT to the scheduler and relays its replies until a final one.
@@ -555,6 +595,59 @@ mod tests {
         long.push(b'\n');
         let replies = exchange(&long, Vec::new());
         assert_eq!(error_code_of(&replies), Some(ErrorCode::LineTooLong));
+    }
+
+    /// Sends `input` one byte every `pause` on a new connection pair served by
+    /// `serve_connection`; returns the replies and how many bytes were sent before the agent
+    /// answered and closed.
+    fn drip(input: &'static [u8], pause: Duration) -> (Vec<Reply>, usize) {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let (tx, _rx) = mpsc::channel::<SchedMsg>();
+        let worker = thread::spawn(move || serve_connection(&server, 1, &tx));
+        let writer_end = client.try_clone().expect("clone");
+        let dripper = thread::spawn(move || {
+            let mut sent = 0;
+            for byte in input {
+                if (&writer_end).write_all(&[*byte]).is_err() {
+                    break;
+                }
+                sent += 1;
+                thread::sleep(pause);
+            }
+            sent
+        });
+        let replies = read_replies(&client);
+        worker.join().expect("worker");
+        drop(client);
+        (replies, dripper.join().expect("dripper"))
+    }
+
+    #[test]
+    fn dripping_client_is_cut_off_at_one_deadline_for_the_whole_request() {
+        // 40 bytes at one every 250 ms would take 10 s; each byte comes well within any per-read
+        // timeout, but the whole request has REQUEST_TIMEOUT (5 s) from the accept.
+        let input = b"pod-pacemaker/1\nWAIT namespace=a name=b\n";
+        let (replies, sent) = drip(input, Duration::from_millis(250));
+        assert!(sent < input.len(), "the agent waited for all {sent} bytes");
+        assert_eq!(error_code_of(&replies), Some(ErrorCode::BadRequest));
+        let Some(Reply::Error { message, .. }) = replies.last() else {
+            unreachable!()
+        };
+        assert!(message.contains("request timed out"), "{message}");
+        assert!(message.contains("request line"), "{message}");
+    }
+
+    #[test]
+    fn incomplete_version_line_times_out_naming_it() {
+        let (replies, _) = drip(b"pod-pace", Duration::ZERO);
+        let Some(Reply::Error { code, message }) = replies.last() else {
+            panic!("no error reply: {replies:?}");
+        };
+        assert_eq!(*code, ErrorCode::BadRequest);
+        assert_eq!(
+            message,
+            "request timed out: the version line was not complete within 5 s"
+        );
     }
 
     #[test]
