@@ -50,6 +50,9 @@ pub enum AgentError {
         line: &'static str,
         after: std::time::Duration,
     },
+    /// The scheduler thread did not answer a `STATUS` within this time (it is busy); the agent
+    /// is not stopping.
+    SchedulerSlow { waited: std::time::Duration },
     /// The agent is stopping; the client should retry on a new connection.
     ShuttingDown,
     /// Starting a thread failed.
@@ -78,7 +81,7 @@ pub fn error_code(err: &AgentError) -> ErrorCode {
         AgentError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
         AgentError::ShuttingDown => ErrorCode::ShuttingDown,
         AgentError::Superseded => ErrorCode::Superseded,
-        AgentError::TooManyConnections { .. } => ErrorCode::Busy,
+        AgentError::TooManyConnections { .. } | AgentError::SchedulerSlow { .. } => ErrorCode::Busy,
         AgentError::WaitExpired { .. } => ErrorCode::Timeout,
         AgentError::QueryStatus { .. }
         | AgentError::Throttle(_)
@@ -150,6 +153,11 @@ impl fmt::Display for AgentError {
                 "request timed out: the {line} was not complete within {} s",
                 after.as_secs()
             ),
+            AgentError::SchedulerSlow { waited } => write!(
+                f,
+                "the scheduler did not answer within {} s; try again",
+                waited.as_secs()
+            ),
             AgentError::ShuttingDown => f.write_str("agent is shutting down"),
             AgentError::SpawnThread { name, source } => {
                 write!(f, "starting thread {name}: {source}")
@@ -190,6 +198,7 @@ impl std::error::Error for AgentError {
             AgentError::NotASocket { .. }
             | AgentError::QueryStatus { .. }
             | AgentError::RequestTimedOut { .. }
+            | AgentError::SchedulerSlow { .. }
             | AgentError::ShuttingDown
             | AgentError::Superseded
             | AgentError::TooManyConnections { .. }
@@ -227,6 +236,12 @@ mod tests {
             ),
             (AgentError::ShuttingDown, ErrorCode::ShuttingDown),
             (AgentError::TooManyConnections { limit: 1 }, ErrorCode::Busy),
+            (
+                AgentError::SchedulerSlow {
+                    waited: std::time::Duration::from_secs(5),
+                },
+                ErrorCode::Busy,
+            ),
             (AgentError::Superseded, ErrorCode::Superseded),
             (
                 AgentError::WaitExpired { timeout_ms: 5 },

@@ -387,13 +387,24 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
 /// Asks the scheduler for its status and writes the lines.
 fn serve_status(stream: &UnixStream, scheduler: &Sender<SchedMsg>) {
     let (replies, from_scheduler) = mpsc::channel();
-    let lines = scheduler
-        .send(SchedMsg::Status { replies })
-        .ok()
-        .and_then(|()| from_scheduler.recv_timeout(REQUEST_TIMEOUT).ok());
-    let Some(lines) = lines else {
-        let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
-        return;
+    // Only a scheduler that is gone means the agent stops; one that is slow to answer is busy.
+    let lines = match scheduler.send(SchedMsg::Status { replies }) {
+        Err(_) => Err(AgentError::ShuttingDown),
+        Ok(()) => from_scheduler
+            .recv_timeout(REQUEST_TIMEOUT)
+            .map_err(|err| match err {
+                RecvTimeoutError::Timeout => AgentError::SchedulerSlow {
+                    waited: REQUEST_TIMEOUT,
+                },
+                RecvTimeoutError::Disconnected => AgentError::ShuttingDown,
+            }),
+    };
+    let lines = match lines {
+        Ok(lines) => lines,
+        Err(err) => {
+            let _ = write_reply(stream, &error_reply(&err));
+            return;
+        }
     };
     let mut text = String::with_capacity(64 * lines.len());
     for line in &lines {
@@ -701,6 +712,32 @@ mod tests {
         let mut writer = &client;
         writer
             .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
+            .expect("write");
+        serve_connection(&server, 1, &tx);
+        drop(server);
+        let replies = read_replies(&client);
+        assert_eq!(error_code_of(&replies), Some(ErrorCode::ShuttingDown));
+    }
+
+    #[test]
+    fn status_is_busy_not_shutting_down_when_the_scheduler_is_slow() {
+        // A scheduler that takes the request but does not answer in time.
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let (client, server) = UnixStream::pair().expect("pair");
+        (&client)
+            .write_all(b"pod-pacemaker/1\nSTATUS\n")
+            .expect("write");
+        serve_connection(&server, 1, &tx);
+        drop(server);
+        let replies = read_replies(&client);
+        assert_eq!(error_code_of(&replies), Some(ErrorCode::Busy));
+        assert!(matches!(rx.try_recv(), Ok(SchedMsg::Status { .. })));
+
+        // A scheduler that is gone: the agent is stopping.
+        drop(rx);
+        let (client, server) = UnixStream::pair().expect("pair");
+        (&client)
+            .write_all(b"pod-pacemaker/1\nSTATUS\n")
             .expect("write");
         serve_connection(&server, 1, &tx);
         drop(server);
