@@ -278,3 +278,25 @@ unauthorized_at_least() {
   run grep -cF "$(cat "${KUBE_DIR}/api/token")" "${KUBE_DIR}/agent.log"
   assert_output 0
 }
+
+@test "API server back with a new CA (CA rotation): the agent reads the changed CA file and recovers" {
+  local port uid
+  kube_fake_start --keep-state
+  port="${KUBE_API_ADDR##*:}"
+  kube_agent_start
+  uid="$(kube_pod a)"
+  kube_wait_for "pod a in the agent's view" 10 kube__in_view "${uid}"
+
+  # The same cluster comes back with a new CA (its key removed, so the fake makes a new one and
+  # writes it over the agent's --ca-file, as the kubelet updates a projected ca.crt). Until the
+  # agent reads that file again, every handshake fails.
+  kube_fake_stop
+  rm -f "${KUBE_DIR}/api/ca.key"
+  kube_fake_start --keep-state --listen "127.0.0.1:${port}"
+  uid="$(kube_pod n)"
+  kube_wait_for "pod n in the agent's view" 90 kube__in_view "${uid}"
+  kube_wait_converged 20
+  run grep -E 'the CA file .* changed: new connections trust the new CA' "${KUBE_DIR}/agent.log"
+  assert_success
+  kube_agent_alive
+}

@@ -55,7 +55,7 @@ const NAMESPACE_FILE: &str = "namespace";
 /// A token or kubeconfig larger than this is not one.
 const MAX_TOKEN_BYTES: u64 = 64 << 10;
 const MAX_KUBECONFIG_BYTES: u64 = 1 << 20;
-const MAX_CA_BYTES: u64 = 1 << 20;
+pub(super) const MAX_CA_BYTES: u64 = 1 << 20;
 
 /// Everything needed to talk to the API server, loaded at start.
 #[derive(Debug)]
@@ -66,6 +66,9 @@ pub struct ApiAccess {
     pub ca_pem: Vec<u8>,
     /// Where the CA came from, for error messages.
     pub ca_origin: String,
+    /// The file the CA was read from, to read it again when it changes (`None`: inline data in
+    /// a kubeconfig, which cannot change under the agent).
+    pub ca_file: Option<PathBuf>,
     pub token: TokenSource,
     /// The agent's own namespace (in-cluster `namespace` file, or the kubeconfig context's).
     pub namespace: Option<String>,
@@ -97,6 +100,7 @@ impl ApiAccess {
                         }
                     })?,
                     ca_origin: ca_file.display().to_string(),
+                    ca_file: Some(ca_file.clone()),
                     token: TokenSource::file(token_file.clone()),
                     namespace,
                 })
@@ -117,10 +121,11 @@ impl ApiAccess {
         let resolved = Kubeconfig::parse(&text)
             .and_then(|k| k.resolve(dir))
             .map_err(bad)?;
-        let (ca_pem, ca_origin) = match resolved.ca {
+        let (ca_pem, ca_origin, ca_file) = match resolved.ca {
             CaSource::Pem(pem) => (
                 pem,
                 format!("certificate-authority-data in {}", path.display()),
+                None,
             ),
             CaSource::File(ca) => (
                 read_limited(&ca, MAX_CA_BYTES).map_err(|source| KubeError::ReadCa {
@@ -128,6 +133,7 @@ impl ApiAccess {
                     source,
                 })?,
                 ca.display().to_string(),
+                Some(ca),
             ),
         };
         let token = match resolved.token {
@@ -140,6 +146,7 @@ impl ApiAccess {
             server: resolved.server,
             ca_pem,
             ca_origin,
+            ca_file,
             token,
             namespace: resolved.namespace,
         })
@@ -147,7 +154,7 @@ impl ApiAccess {
 }
 
 /// Reads a small file, refusing one larger than `limit`.
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let len = fs::metadata(path)?.len();
     if len > limit {
         return Err(std::io::Error::new(
@@ -236,7 +243,7 @@ struct TokenState {
 
 /// What tells a changed token file from an unchanged one without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
+pub(super) struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
@@ -244,7 +251,7 @@ struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
+    pub(super) fn of(path: &Path) -> Option<Self> {
         let meta = fs::metadata(path).ok()?;
         Some(Self {
             len: meta.len(),
@@ -348,7 +355,7 @@ impl TokenSource {
 
 /// Locks a mutex whose data stays valid at every point (a cache of the token file): a panic in
 /// another thread while holding it cannot leave it half-written, so a poisoned lock is taken over.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -2,7 +2,10 @@
 //! The HTTPS transport to the API server: one ureq agent, the bearer token, the list and watch
 //! calls. The writes (Node patches, Events) are in `writes.rs` on the same client.
 //!
-//! The agent is built once. It trusts only the certificates of the cluster CA (no web PKI roots),
+//! The agent is built at start, and again when the CA file changes (checked before every request,
+//! like the token: the ServiceAccount CA in a projected volume changes on CA rotation, and the
+//! old roots would fail every handshake forever). It trusts only the certificates of the cluster
+//! CA (no web PKI roots),
 //! treats every HTTP status as an outcome rather than an error, follows no redirects (they would
 //! carry the token elsewhere) and has explicit timeouts on every phase: resolve and connect, send,
 //! the response head, the body, each read, and the request as a whole. A list page must arrive within [`LIST_BODY_TIMEOUT`]; a watch
@@ -19,7 +22,8 @@
 
 use std::fmt;
 use std::io::BufReader;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -27,7 +31,9 @@ use ureq::http::{HeaderValue, Response};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::{Agent, Body};
 
-use super::access::{ApiAccess, ApiConfig, Auth, TokenSource};
+use super::access::{
+    lock, read_limited, ApiAccess, ApiConfig, Auth, FileStamp, TokenSource, MAX_CA_BYTES,
+};
 use super::backoff::random_between;
 use super::watch::{decode_list, pump, status_message, Listed, Status, StreamEnd, WatchEvent};
 use super::KubeError;
@@ -57,7 +63,9 @@ const MAX_ERROR_BYTES: u64 = 64 << 10;
 
 /// The API client for the pods of one node, and for the few writes the agent makes.
 pub struct KubeClient {
-    pub(super) agent: Agent,
+    /// The ureq agent for the current CA; replaced when the CA file changes.
+    agent: Mutex<Agent>,
+    ca: CaFile,
     pub(super) server: String,
     node: String,
     field_selector: String,
@@ -81,16 +89,7 @@ impl KubeClient {
     /// certificate.
     pub fn new(config: &Config) -> Result<Self, KubeError> {
         let access = ApiAccess::load(&ApiConfig::from_config(config))?;
-        let roots = parse_ca(&access.ca_pem, &access.ca_origin)?;
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .build();
-        let agent = agent_config()
-            .tls_config(tls)
-            .https_only(true)
-            .build()
-            .into();
+        let agent = tls_agent(&access.ca_pem, &access.ca_origin)?;
         info!(
             "API server {} (CA from {}, token from {}, own namespace {})",
             access.server,
@@ -107,14 +106,41 @@ impl KubeClient {
     }
 
     fn from_parts(agent: Agent, access: ApiAccess, node: &str, watch_silence: Duration) -> Self {
+        let stamp = access.ca_file.as_deref().and_then(FileStamp::of);
         Self {
-            agent,
+            agent: Mutex::new(agent),
+            ca: CaFile {
+                path: access.ca_file,
+                origin: access.ca_origin,
+                state: Mutex::new(CaState {
+                    pem: access.ca_pem,
+                    stamp,
+                }),
+            },
             server: access.server,
             node: node.to_owned(),
             field_selector: format!("spec.nodeName={node}"),
             token: access.token,
             watch_silence,
         }
+    }
+
+    /// The ureq agent for the next request: first, if the CA file changed since it was last
+    /// read and now holds another bundle that parses, a new agent trusting it.
+    pub(super) fn agent(&self) -> Agent {
+        if let Some(pem) = self.ca.changed() {
+            match tls_agent(&pem, &self.ca.origin) {
+                Ok(agent) => {
+                    info!(
+                        "the CA file {} changed: new connections trust the new CA",
+                        self.ca.origin
+                    );
+                    *lock(&self.agent) = agent;
+                }
+                Err(err) => warn!("keeping the CA in use: {err}"),
+            }
+        }
+        lock(&self.agent).clone()
     }
 
     /// The node whose pods this client lists.
@@ -137,7 +163,7 @@ impl KubeClient {
         loop {
             let response = self.send("listing pods", |auth| {
                 let mut request = self
-                    .agent
+                    .agent()
                     .get(&url)
                     .query("fieldSelector", &self.field_selector)
                     .query("limit", LIST_PAGE_SIZE);
@@ -190,7 +216,7 @@ impl KubeClient {
         let url = format!("{}/api/v1/pods", self.server);
         let length = random_between(WATCH_MIN, WATCH_MIN * 2);
         let response = self.send("starting the pod watch", |auth| {
-            self.agent
+            self.agent()
                 .get(&url)
                 .query("fieldSelector", &self.field_selector)
                 .query("watch", "true")
@@ -267,6 +293,62 @@ fn agent_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
         .max_idle_connections_per_host(2)
         .input_buffer_size(32 << 10)
         .output_buffer_size(16 << 10)
+}
+
+/// A ureq agent that trusts exactly the certificates of the CA bundle `pem`.
+fn tls_agent(pem: &[u8], origin: &str) -> Result<Agent, KubeError> {
+    let roots = parse_ca(pem, origin)?;
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build();
+    Ok(agent_config()
+        .tls_config(tls)
+        .https_only(true)
+        .build()
+        .into())
+}
+
+/// The CA bundle in use and the file it came from.
+#[derive(Debug)]
+struct CaFile {
+    /// `None` for inline kubeconfig data, which never changes.
+    path: Option<PathBuf>,
+    origin: String,
+    state: Mutex<CaState>,
+}
+
+#[derive(Debug)]
+struct CaState {
+    /// The bundle last read (in use, unless it did not parse).
+    pem: Vec<u8>,
+    stamp: Option<FileStamp>,
+}
+
+impl CaFile {
+    /// `Some(bundle)` when the file changed (size, mtime, inode) since it was last read and now
+    /// holds different bytes. A file that cannot be read is logged and skipped until it changes
+    /// again; the agent keeps the CA it has.
+    fn changed(&self) -> Option<Vec<u8>> {
+        let path = self.path.as_ref()?;
+        let stamp = FileStamp::of(path)?;
+        let mut state = lock(&self.state);
+        if state.stamp == Some(stamp) {
+            return None;
+        }
+        state.stamp = Some(stamp);
+        match read_limited(path, MAX_CA_BYTES) {
+            Ok(pem) if pem != state.pem => {
+                state.pem.clone_from(&pem);
+                Some(pem)
+            }
+            Ok(_) => None,
+            Err(err) => {
+                warn!("reading the changed CA file {}: {err}", path.display());
+                None
+            }
+        }
+    }
 }
 
 /// Parses the CA bundle; every certificate in it becomes a trust root, and nothing else does.
@@ -349,6 +431,7 @@ pub(super) mod tests {
             server: server.url(),
             ca_pem: Vec::new(),
             ca_origin: "none".to_owned(),
+            ca_file: None,
             token,
             namespace: Some("pod-pacemaker".to_owned()),
         };

@@ -123,7 +123,7 @@ impl KubeClient {
         let url = self.node_url();
         let body = patch.body().to_string();
         let response = self.send("patching the node", |auth| {
-            self.agent
+            self.agent()
                 .patch(&url)
                 .header("Authorization", auth)
                 .header("Content-Type", patch.content_type())
@@ -208,7 +208,7 @@ impl KubeClient {
         const WHAT: &str = "reading the node";
         let url = self.node_url();
         let response = self.send(WHAT, |auth| {
-            self.agent.get(&url).header("Authorization", auth).call()
+            self.agent().get(&url).header("Authorization", auth).call()
         })?;
         if response.status().as_u16() != 200 {
             return Err(http_error(WHAT, response));
@@ -241,7 +241,7 @@ impl KubeClient {
         for _ in 0..WRITE_ATTEMPTS {
             let body = event_body(event, namespace, self.node(), SystemTime::now()).to_string();
             let response = self.send(WHAT, |auth| {
-                self.agent
+                self.agent()
                     .post(&url)
                     .header("Authorization", auth)
                     .header("Content-Type", "application/json")
