@@ -38,6 +38,11 @@ cargo clippy --all-targets --target x86_64-unknown-linux-musl -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
+step "go vet and go test of the Go test helpers"
+for module in tests/fake-apiserver tests/cnidriver; do
+  (cd "${module}" && GOTOOLCHAIN=local go vet ./... && GOTOOLCHAIN=local go test ./...)
+done
+
 step "release build (scripts/build.sh)"
 bash scripts/build.sh
 
