@@ -166,11 +166,7 @@ pub fn run(
     mut on_ready: impl FnMut(),
 ) {
     let mut conns: HashMap<ConnId, Sender<ConnReply>> = HashMap::new();
-    let mut saver = Saver {
-        path: state_file,
-        next: Instant::now(),
-        failed: false,
-    };
+    let mut saver = Saver::new(state_file);
     loop {
         // 1. Take the next message; when there is none, save the state if it is time, then sleep
         //    until a message arrives or the next deadline (or save) is due.
@@ -179,7 +175,7 @@ pub fn run(
             Err(TryRecvError::Disconnected) => Some(SchedMsg::Shutdown),
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
-                let save_due = saver.maybe_save(&mut scheduler, now, false);
+                let save_due = saver.maybe_save(&mut scheduler, now);
                 let wait = scheduler
                     .next_deadline(now)
                     .into_iter()
@@ -248,54 +244,100 @@ pub fn run(
             }
         }
         if stop {
-            saver.maybe_save(&mut scheduler, Instant::now(), true);
+            saver.finish(&mut scheduler);
             return;
         }
     }
 }
 
-/// Writes the state file, at most every [`SAVE_INTERVAL`].
-struct Saver<'a> {
-    path: Option<&'a Path>,
+/// Writes the state file, at most every [`SAVE_INTERVAL`]. The scheduler thread only takes the
+/// snapshot; serialising and writing it happens on the `agent-state` thread, so a grant never
+/// waits behind a file write.
+struct Saver {
+    /// Snapshots to write; `None` when there is no state file (or its thread could not start).
+    writer: Option<Sender<SavedState>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Not before this instant.
     next: Instant,
-    /// The last write failed (logged once per run of failures).
-    failed: bool,
 }
 
-impl Saver<'_> {
-    /// Writes the file if the state changed and it is time (or `now_or_never`); returns when it
-    /// should be called again for a change that has to wait.
-    fn maybe_save(
-        &mut self,
-        scheduler: &mut Scheduler,
-        now: Instant,
-        now_or_never: bool,
-    ) -> Option<Instant> {
-        let path = self.path?;
+impl Saver {
+    fn new(path: Option<&Path>) -> Self {
+        let (writer, thread) = match path.map(|p| Self::spawn_writer(p.to_path_buf())) {
+            Some(Ok((writer, thread))) => (Some(writer), Some(thread)),
+            Some(Err(err)) => {
+                warn!("cannot start the state file writer: {err}; queue order will not survive a restart");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        Self {
+            writer,
+            thread,
+            next: Instant::now(),
+        }
+    }
+
+    /// The `agent-state` thread: writes the newest snapshot it has, logging a failure once per
+    /// run of failures.
+    fn spawn_writer(
+        path: std::path::PathBuf,
+    ) -> std::io::Result<(Sender<SavedState>, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel::<SavedState>();
+        let thread = std::thread::Builder::new()
+            .name("agent-state".to_owned())
+            .spawn(move || {
+                let mut failed = false;
+                while let Ok(mut snapshot) = rx.recv() {
+                    // Only the newest state matters; skip any that queued up meanwhile.
+                    while let Ok(newer) = rx.try_recv() {
+                        snapshot = newer;
+                    }
+                    match state::save(&path, &snapshot) {
+                        Ok(()) if std::mem::take(&mut failed) => {
+                            info!("state file {} written again", path.display());
+                        }
+                        Ok(()) => {}
+                        Err(err) if !failed => {
+                            warn!("{err}; queue order will not survive a restart until it works again");
+                            failed = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })?;
+        Ok((tx, thread))
+    }
+
+    /// Hands a snapshot to the writer if the state changed and it is time; returns when it should
+    /// be called again for a change that has to wait.
+    fn maybe_save(&mut self, scheduler: &mut Scheduler, now: Instant) -> Option<Instant> {
+        let writer = self.writer.as_ref()?;
         if !scheduler.dirty {
             return None;
         }
-        if now < self.next && !now_or_never {
+        if now < self.next {
             return Some(self.next);
         }
         scheduler.dirty = false;
         self.next = now + SAVE_INTERVAL;
-        let snapshot = scheduler.snapshot(now, state::wall_now_ns());
-        match state::save(path, &snapshot) {
-            Ok(()) => {
-                if std::mem::take(&mut self.failed) {
-                    info!("state file {} written again", path.display());
-                }
-            }
-            Err(err) => {
-                if !self.failed {
-                    warn!("{err}; queue order will not survive a restart until it works again");
-                    self.failed = true;
-                }
+        // A send fails only if the writer thread is gone; the state then stays unsaved, as with
+        // a failed write.
+        let _ = writer.send(scheduler.snapshot(now, state::wall_now_ns()));
+        None
+    }
+
+    /// Writes the final state and waits until it is on disk (the agent is stopping).
+    fn finish(mut self, scheduler: &mut Scheduler) {
+        if let Some(writer) = self.writer.take() {
+            if scheduler.dirty {
+                scheduler.dirty = false;
+                let _ = writer.send(scheduler.snapshot(Instant::now(), state::wall_now_ns()));
             }
         }
-        None
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
