@@ -112,6 +112,9 @@ realnode_setup_file() {
   REPO_ROOT="$(cd "${BATS_TEST_DIRNAME}/../.." && pwd)"
   REALNODE="${REPO_ROOT}/scripts/realnode.sh"
   REALNODE_BUILD="${REPO_ROOT}/scripts/realnode/build.sh"
+  # Logs of the last few runs stay for debugging (three files a run), not those of every run.
+  find "${TMPDIR:-/tmp}" -maxdepth 1 -type d -name 'ppm-realnode-bats.*' -printf '%T@ %p\n' \
+    2>/dev/null | sort -rn | tail -n +7 | cut -d' ' -f2- | xargs -r rm -rf --
   REALNODE_TEST_LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ppm-realnode-bats.XXXXXX")"
   REALNODE_TEST_LOG="${REALNODE_TEST_LOG_DIR}/test.log"
   : >"${REALNODE_TEST_LOG}"
