@@ -500,6 +500,15 @@ mod tests {
         dir
     }
 
+    /// Sends `input` on a fresh connection, serves it on this thread, returns the replies.
+    fn serve_once(tx: &Sender<SchedMsg>, input: &[u8]) -> Vec<Reply> {
+        let (client, server) = UnixStream::pair().expect("pair");
+        (&client).write_all(input).expect("write");
+        serve_connection(&server, 1, tx);
+        drop(server);
+        read_replies(&client)
+    }
+
     fn read_replies(stream: &UnixStream) -> Vec<Reply> {
         let mut reader = BufReader::new(stream);
         let mut replies = Vec::new();
@@ -708,14 +717,7 @@ mod tests {
     fn scheduler_gone_means_shutting_down() {
         let (tx, rx) = mpsc::channel::<SchedMsg>();
         drop(rx);
-        let (client, server) = UnixStream::pair().expect("pair");
-        let mut writer = &client;
-        writer
-            .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
-            .expect("write");
-        serve_connection(&server, 1, &tx);
-        drop(server);
-        let replies = read_replies(&client);
+        let replies = serve_once(&tx, b"pod-pacemaker/1\nWAIT namespace=a name=b\n");
         assert_eq!(error_code_of(&replies), Some(ErrorCode::ShuttingDown));
     }
 
@@ -723,25 +725,13 @@ mod tests {
     fn status_is_busy_not_shutting_down_when_the_scheduler_is_slow() {
         // A scheduler that takes the request but does not answer in time.
         let (tx, rx) = mpsc::channel::<SchedMsg>();
-        let (client, server) = UnixStream::pair().expect("pair");
-        (&client)
-            .write_all(b"pod-pacemaker/1\nSTATUS\n")
-            .expect("write");
-        serve_connection(&server, 1, &tx);
-        drop(server);
-        let replies = read_replies(&client);
+        let replies = serve_once(&tx, b"pod-pacemaker/1\nSTATUS\n");
         assert_eq!(error_code_of(&replies), Some(ErrorCode::Busy));
         assert!(matches!(rx.try_recv(), Ok(SchedMsg::Status { .. })));
 
         // A scheduler that is gone: the agent is stopping.
         drop(rx);
-        let (client, server) = UnixStream::pair().expect("pair");
-        (&client)
-            .write_all(b"pod-pacemaker/1\nSTATUS\n")
-            .expect("write");
-        serve_connection(&server, 1, &tx);
-        drop(server);
-        let replies = read_replies(&client);
+        let replies = serve_once(&tx, b"pod-pacemaker/1\nSTATUS\n");
         assert_eq!(error_code_of(&replies), Some(ErrorCode::ShuttingDown));
     }
 
