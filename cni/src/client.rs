@@ -38,18 +38,20 @@ pub enum WaitOutcome {
 
 /// Asks the agent at `socket` for a slot and waits until `deadline`.
 ///
-/// An agent that cannot be reached is retried until `connect_until` (the caller sets it in the
-/// past when the agent has been gone for long, so that the pod passes at once), then the wait
-/// ends with [`WaitOutcome::Unreachable`]. Once the agent has accepted the request, losing the
+/// An agent that cannot be reached is retried until the instant `connect_until` returns (the
+/// caller returns one in the past when the agent has been gone for long, so that the pod passes
+/// at once), then the wait ends with [`WaitOutcome::Unreachable`]. `connect_until` is asked only
+/// when a first connect fails, so a reachable agent costs no more than the connect. Once the agent has accepted the request, losing the
 /// connection (agent restart) leads to reconnects until the deadline, so the pod keeps its place
 /// in the agent's queue.
 pub fn wait_for_slot(
     socket: &Path,
     request: &WaitRequest,
-    connect_until: Instant,
+    connect_until: &dyn Fn() -> Instant,
     deadline: Instant,
 ) -> WaitOutcome {
     let mut accepted_once = false;
+    let mut retry_connect_until = None;
     let mut last_error = None;
     loop {
         let now = Instant::now();
@@ -61,7 +63,10 @@ pub fn wait_for_slot(
 
         match attempt(socket, &Request::Wait(request), deadline) {
             Attempt::Done(outcome) => return outcome,
-            Attempt::ConnectFailed(reason) if !accepted_once && now >= connect_until => {
+            Attempt::ConnectFailed(reason)
+                if !accepted_once
+                    && now >= *retry_connect_until.get_or_insert_with(connect_until) =>
+            {
                 return WaitOutcome::Unreachable(reason);
             }
             Attempt::ConnectFailed(reason) => {
@@ -322,7 +327,7 @@ mod tests {
         let outcome = wait_for_slot(
             Path::new("/nonexistent/ppm.sock"),
             &request(),
-            start,
+            &|| start,
             start + Duration::from_secs(30),
         );
         assert!(
@@ -345,7 +350,7 @@ mod tests {
         let outcome = wait_for_slot(
             &path,
             &request(),
-            start + Duration::from_secs(5),
+            &|| start + Duration::from_secs(5),
             start + Duration::from_secs(10),
         );
         assert_eq!(outcome, WaitOutcome::Granted(GrantReason::Slot));
@@ -363,7 +368,7 @@ mod tests {
         let outcome = wait_for_slot(
             &path,
             &request(),
-            Instant::now(),
+            &Instant::now,
             Instant::now() + Duration::from_secs(10),
         );
         assert_eq!(outcome, WaitOutcome::Granted(GrantReason::Slot));
@@ -380,7 +385,7 @@ mod tests {
         let outcome = wait_for_slot(
             &path,
             &request(),
-            Instant::now(),
+            &Instant::now,
             Instant::now() + Duration::from_secs(10),
         );
         assert!(matches!(outcome, WaitOutcome::Refused(_)), "{outcome:?}");
@@ -392,7 +397,12 @@ mod tests {
         let path = dir.path();
         let _agent = fake_agent(&path, "pod-pacemaker/1\nERROR code=timeout msg=no slot\n");
         let start = Instant::now();
-        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_secs(10));
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            &|| start,
+            start + Duration::from_secs(10),
+        );
         assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
     }
 
@@ -412,7 +422,12 @@ mod tests {
             }
         });
         let start = Instant::now();
-        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_millis(300));
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            &|| start,
+            start + Duration::from_millis(300),
+        );
         assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
         // Not a speed target: the wait must end near its deadline, not after the drip.
         assert!(
@@ -432,7 +447,12 @@ mod tests {
             let path = dir.path();
             let _agent = fake_agent(&path, reply);
             let start = Instant::now();
-            let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_secs(30));
+            let outcome = wait_for_slot(
+                &path,
+                &request(),
+                &|| start,
+                start + Duration::from_secs(30),
+            );
             assert!(
                 matches!(outcome, WaitOutcome::Refused(_)),
                 "{reply:?}: {outcome:?}"
@@ -446,7 +466,12 @@ mod tests {
         let path = dir.path();
         let _agent = fake_agent(&path, "pod-pacemaker/1\n");
         let start = Instant::now();
-        let outcome = wait_for_slot(&path, &request(), start, start + Duration::from_millis(150));
+        let outcome = wait_for_slot(
+            &path,
+            &request(),
+            &|| start,
+            start + Duration::from_millis(150),
+        );
         assert_eq!(outcome, WaitOutcome::DeadlinePassed { last_error: None });
     }
 }

@@ -73,16 +73,18 @@ fn add(get_env: &dyn Fn(&str) -> Option<OsString>, stdin: &[u8]) -> Result<Strin
     //    only while its heartbeat is recent, i.e. while it is restarting, not when it is gone.
     let socket = Path::new(&conf.socket_path);
     let deadline = start + conf.max_wait;
-    let connect_until = heartbeat_age(socket)
-        .and_then(|age| conf.agent_restart_grace.checked_sub(age))
-        .map_or(start, |left| (start + left).min(deadline));
+    let connect_until = || {
+        heartbeat_age(socket)
+            .and_then(|age| conf.agent_restart_grace.checked_sub(age))
+            .map_or(start, |left| (start + left).min(deadline))
+    };
     let request = WaitRequest {
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
         uid: pod.uid.clone(),
         timeout_ms: None,
     };
-    let outcome = client::wait_for_slot(socket, &request, connect_until, deadline);
+    let outcome = client::wait_for_slot(socket, &request, &connect_until, deadline);
     let waited_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let who = format!("{}/{}", pod.namespace, pod.name);
 

@@ -239,7 +239,7 @@ fn grant_latency() {
         let spawned = thread::Builder::new()
             .stack_size(256 << 10)
             .spawn(move || {
-                let outcome = wait_for_slot(&socket, &request, deadline, deadline);
+                let outcome = wait_for_slot(&socket, &request, &|| deadline, deadline);
                 let at = Instant::now();
                 assert!(matches!(outcome, WaitOutcome::Granted(_)), "{outcome:?}");
                 let _ = granted_tx.send((i, at));
