@@ -608,6 +608,12 @@ users:
 
     #[test]
     fn unsafe_or_unsupported_settings_are_refused_by_name() {
+        let refusal = |text: &str, what: &str| {
+            Kubeconfig::parse(text)
+                .expect("parses")
+                .resolve(Path::new("/"))
+                .expect_err(what)
+        };
         let cases = [
             ("insecure-skip-tls-verify: true", "insecure-skip-tls-verify"),
             ("proxy-url: http://p:3128", "proxy-url"),
@@ -618,32 +624,20 @@ users:
                 "    server: https",
                 &format!("    {line}\n    server: https"),
             );
-            let err = Kubeconfig::parse(&text)
-                .expect("parses")
-                .resolve(Path::new("/"))
-                .expect_err(line);
+            let err = refusal(&text, line);
             assert!(err.contains(want), "{line}: {err}");
         }
         let exec = FAKE.replace(
             "    token: \"abc.def-ghi\"",
             "    exec:\n      command: aws",
         );
-        let err = Kubeconfig::parse(&exec)
-            .expect("parses")
-            .resolve(Path::new("/"))
-            .expect_err("exec");
+        let err = refusal(&exec, "exec");
         assert!(err.contains("exec"), "{err}");
         let http = FAKE.replace("https://127", "http://127");
-        let err = Kubeconfig::parse(&http)
-            .expect("parses")
-            .resolve(Path::new("/"))
-            .expect_err("http");
+        let err = refusal(&http, "http");
         assert!(err.contains("https"), "{err}");
         let no_ca = FAKE.replace("certificate-authority-data", "x-ca-data");
-        let err = Kubeconfig::parse(&no_ca)
-            .expect("parses")
-            .resolve(Path::new("/"))
-            .expect_err("no CA");
+        let err = refusal(&no_ca, "no CA");
         assert!(err.contains("certificate-authority"), "{err}");
     }
 

@@ -142,19 +142,8 @@ fn percentile(samples: &mut [Duration], p: usize) -> Duration {
 
 fn pod_named(i: usize) -> PodInfo {
     PodInfo {
-        uid: format!("uid-{i:04}"),
         namespace: "bench".to_owned(),
-        name: format!("pod-{i:04}"),
-        created: "2024-01-01T00:00:00Z".to_owned(),
-        mirror_of: None,
-        priority: 0,
-        host_network: false,
-        skip: None,
-        pace_forced: false,
-        sandbox_started: false,
-        started: false,
-        release: None,
-        release_detail: None,
+        ..pod(&format!("pod-{i:04}"), &format!("uid-{i:04}"))
     }
 }
 
