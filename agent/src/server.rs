@@ -11,15 +11,17 @@
 //! [`MAX_CONNECTIONS`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
 //! version line and one request within one deadline from the accept (`REQUEST_TIMEOUT`; a
 //! client dripping bytes cannot stretch it), answers `PING` itself, asks the scheduler
-//! for a `STATUS`, and hands a `WAIT` to the scheduler, writing each reply it sends back. While it
-//! waits it checks every [`CLOSE_POLL`] whether the client has closed, and tells the scheduler
-//! ([`SchedMsg::Gone`]) when the client left or a reply could not be written. A line that does not
+//! for a `STATUS`, and hands a `WAIT` to the scheduler with a [`Replier`]: from then on the
+//! scheduler thread writes the replies to the stream itself, so a grant wakes no thread between
+//! the scheduler and the client. The connection thread only blocks until the stream closes, and
+//! tells the scheduler ([`SchedMsg::Gone`]) when the client left before its final reply. A line that does not
 //! parse, or is too long, gets one `ERROR` and the connection is closed; it touches nothing else,
 //! so every other client is served as before. Every line is built and parsed by
 //! `pod_pacemaker::protocol`; [`query_status`] is the client side of `STATUS`, for `--status`.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::net::Shutdown;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ use log::{debug, warn};
 use pod_pacemaker::protocol::{self, DecodeError, Reply, Request, StatusReply, WaitRequest};
 
 use crate::error::{error_reply, AgentError};
-use crate::scheduler::{ConnId, SchedMsg};
+use crate::scheduler::{ConnId, ConnReply, SchedMsg};
 
 /// The most connections served at once; a WAIT holds its connection until granted.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -42,8 +44,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply write may block on a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a waiting connection checks whether its client has closed.
-const CLOSE_POLL: Duration = Duration::from_millis(200);
 /// Pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -342,44 +342,104 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
-/// Hands a WAIT to the scheduler and relays its replies until a final one.
-// TODO(#6): let the scheduler thread write the replies itself (non-blocking, a full buffer counts
-// as a client gone) so that a grant wakes one thread fewer; see docs/decisions.md D16.
+/// Hands a WAIT to the scheduler together with a [`Replier`] for this stream, then waits for the
+/// client to close. The scheduler thread writes every reply itself (one thread fewer to wake per
+/// grant) and shuts the stream down after the final one, which ends the wait here too; a close
+/// before that is reported as [`SchedMsg::Gone`].
 fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
-    let (replies, from_scheduler) = mpsc::channel();
-    let sent = scheduler.send(SchedMsg::Wait {
+    let replier = match Replier::new(stream) {
+        Ok(replier) => replier,
+        Err(err) => {
+            debug!("conn={conn}: preparing the replies failed: {err}");
+            return;
+        }
+    };
+    let finished = Arc::clone(&replier.finished);
+    let message = SchedMsg::Wait {
         conn,
         request: wait,
-        replies,
-    });
-    if sent.is_err() {
-        let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
+        replies: replier,
+    };
+    if let Err(mpsc::SendError(message)) = scheduler.send(message) {
+        if let SchedMsg::Wait { mut replies, .. } = message {
+            let _ = replies.send(&Err(AgentError::ShuttingDown));
+        }
         return;
     }
+    wait_for_close(stream);
+    if !finished.load(Ordering::SeqCst) {
+        debug!("conn={conn}: client closed while waiting");
+        let _ = scheduler.send(SchedMsg::Gone { conn });
+    }
+}
+
+/// The scheduler thread's handle on a waiting client's stream: it writes the replies and, after
+/// the final one, shuts the stream down. A write may block for at most [`REPLY_WRITE_TIMEOUT`]; a
+/// client whose buffer stays full that long is treated as gone (the plugin reads every line as
+/// it comes, and the few lines a wait produces are far below a socket buffer). Dropping it shuts
+/// the stream down too, so the connection thread never outlives the scheduler's interest.
+#[derive(Debug)]
+pub struct Replier {
+    stream: UnixStream,
+    /// Set before the final reply is written: from then on a close is the normal end.
+    finished: Arc<AtomicBool>,
+}
+
+/// How long the scheduler thread may block writing one reply to a client that does not read.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
+
+impl Replier {
+    /// A handle writing to (a clone of) `stream`.
+    pub fn new(stream: &UnixStream) -> io::Result<Self> {
+        let stream = stream.try_clone()?;
+        // The timeout is an option of the socket, shared with the connection thread's handle;
+        // that thread does not write from now on.
+        stream.set_write_timeout(Some(REPLY_WRITE_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            finished: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Writes `reply` (an error as its `ERROR` line); after a final one, shuts the stream down.
+    /// Returns whether the reply was final. A failed write means the client is gone.
+    pub fn send(&mut self, reply: &ConnReply) -> io::Result<bool> {
+        let reply = match reply {
+            Ok(reply) => reply.clone(),
+            Err(err) => error_reply(err),
+        };
+        let last = reply.is_final();
+        if last {
+            self.finished.store(true, Ordering::SeqCst);
+        }
+        let written = write_reply(&self.stream, &reply);
+        if last || written.is_err() {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+        written.map(|()| last)
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Blocks until the client closes its end (or the scheduler shut the stream down). A client
+/// sends nothing after its request; bytes it sends anyway are read and dropped.
+fn wait_for_close(stream: &UnixStream) {
+    if stream.set_read_timeout(None).is_err() {
+        return;
+    }
+    let mut buf = [0_u8; 256];
+    let mut reader = stream;
     loop {
-        match from_scheduler.recv_timeout(CLOSE_POLL) {
-            Ok(reply) => {
-                let reply = reply.unwrap_or_else(|err| error_reply(&err));
-                if let Err(err) = write_reply(stream, &reply) {
-                    debug!("conn={conn}: writing a reply failed: {err}");
-                    let _ = scheduler.send(SchedMsg::Gone { conn });
-                    return;
-                }
-                if reply.is_final() {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if client_closed(stream) {
-                    debug!("conn={conn}: client closed while waiting");
-                    let _ = scheduler.send(SchedMsg::Gone { conn });
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = write_reply(stream, &error_reply(&AgentError::ShuttingDown));
-                return;
-            }
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
@@ -461,23 +521,6 @@ pub fn query_status(socket: &Path) -> Result<Vec<StatusReply>, AgentError> {
     }
 }
 
-/// Whether the client has closed its end. A client sends nothing after its request, so a read
-/// that returns end-of-file means it closed; bytes it sends anyway are dropped. The client must
-/// not shut down its writing half while it waits (the plugin never does).
-fn client_closed(stream: &UnixStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut buf = [0_u8; 64];
-    let mut reader = stream;
-    let closed = match reader.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
-    };
-    closed || stream.set_nonblocking(false).is_err()
-}
-
 fn write_version(stream: &UnixStream) -> io::Result<()> {
     let mut writer = stream;
     writer.write_all(protocol::version_line().as_bytes())
@@ -535,9 +578,9 @@ mod tests {
         let (tx, rx) = mpsc::channel::<SchedMsg>();
         let fake = thread::spawn(move || {
             while let Ok(msg) = rx.recv() {
-                if let SchedMsg::Wait { replies, .. } = msg {
+                if let SchedMsg::Wait { mut replies, .. } = msg {
                     for reply in &answer {
-                        let _ = replies.send(Ok(reply.clone()));
+                        let _ = replies.send(&Ok(reply.clone()));
                     }
                 }
             }
@@ -691,7 +734,18 @@ mod tests {
     }
 
     #[test]
-    fn failed_grant_write_tells_the_scheduler() {
+    fn replier_fails_when_the_client_is_gone() {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let mut replier = Replier::new(&server).expect("replier");
+        drop(client);
+        let granted = Ok(Reply::Granted {
+            reason: GrantReason::Slot,
+        });
+        assert!(replier.send(&granted).is_err());
+    }
+
+    #[test]
+    fn final_reply_ends_the_connection_without_a_gone() {
         let (client, server) = UnixStream::pair().expect("pair");
         let (tx, rx) = mpsc::channel::<SchedMsg>();
         let mut writer = &client;
@@ -699,18 +753,20 @@ mod tests {
             .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
             .expect("write");
         let worker = thread::spawn(move || serve_connection(&server, 9, &tx));
-        let Ok(SchedMsg::Wait { replies, .. }) = rx.recv() else {
+        let Ok(SchedMsg::Wait { mut replies, .. }) = rx.recv() else {
             panic!("expected a wait");
         };
-        // The client is gone before the grant is written. The connection notices either when the
-        // write fails or when it polls; both must report the connection gone.
-        drop(client);
-        let _ = replies.send(Ok(Reply::Granted {
+        let granted = Reply::Granted {
             reason: GrantReason::Slot,
-        }));
-        let gone = rx.recv_timeout(Duration::from_secs(5)).expect("gone");
-        assert!(matches!(gone, SchedMsg::Gone { conn: 9 }));
+        };
+        assert!(matches!(replies.send(&Ok(granted.clone())), Ok(true)));
+        // The client reads the grant, then end-of-file: the agent closed the stream.
+        assert_eq!(read_replies(&client), [granted]);
+        // The connection thread ends while the scheduler still holds the replier, and reports
+        // nothing: the wait ended normally.
         worker.join().expect("worker");
+        assert!(rx.try_recv().is_err());
+        drop(replies);
     }
 
     #[test]

@@ -60,6 +60,7 @@ use crate::config::{Config, UnknownPodPolicy};
 use crate::error::AgentError;
 use crate::kube::KubeEvent;
 use crate::pod::{PodInfo, ReleaseOn, ReleaseReason, SkipOptions};
+use crate::server::Replier;
 use gates::Gates;
 use queue::{same_pod, Entry, Queue, Waiting};
 use state::{Restored, SavedEntry, SavedHolder, SavedState};
@@ -76,14 +77,15 @@ pub type ConnReply = Result<Reply, AgentError>;
 pub enum SchedMsg {
     /// A change to the node's pods.
     Kube(KubeEvent),
-    /// A client's `WAIT`; replies go to `replies` until a final one.
+    /// A client's `WAIT`; this thread writes the replies to `replies` until a final one.
     Wait {
         conn: ConnId,
         request: WaitRequest,
-        replies: Sender<ConnReply>,
+        replies: Replier,
     },
-    /// The connection ended without delivering a final reply: its client closed while waiting,
-    /// or writing a reply failed. A slot just granted to it is released.
+    /// The client closed its connection before its final reply was written. (A reply that cannot
+    /// be written is noticed by this thread itself, with the same effect.) A slot just granted to
+    /// it is released.
     Gone { conn: ConnId },
     /// A client's `STATUS`: the answer's lines go to `replies` in one message.
     Status { replies: Sender<Vec<StatusReply>> },
@@ -165,7 +167,7 @@ pub fn run(
     state_file: Option<&Path>,
     mut on_ready: impl FnMut(),
 ) {
-    let mut conns: HashMap<ConnId, Sender<ConnReply>> = HashMap::new();
+    let mut conns: HashMap<ConnId, Replier> = HashMap::new();
     let mut saver = Saver::new(state_file);
     loop {
         // 1. Take the next message; when there is none, save the state if it is time, then sleep
@@ -232,15 +234,30 @@ pub fn run(
             scheduler.tick(now);
         }
 
-        // 3. Deliver the replies. A failed send means the connection thread has left; its `Gone`
-        //    is on the way.
-        for (conn, reply) in scheduler.take_outbox() {
-            let last = reply.as_ref().map_or(true, Reply::is_final);
-            if let Some(replies) = conns.get(&conn) {
-                let _ = replies.send(reply);
+        // 3. Write the replies. A client that cannot be written to is gone; that may free a
+        //    slot and produce more replies, so repeat until there are none.
+        loop {
+            let outbox = scheduler.take_outbox();
+            if outbox.is_empty() {
+                break;
             }
-            if last {
-                conns.remove(&conn);
+            for (conn, reply) in outbox {
+                let Some(replier) = conns.get_mut(&conn) else {
+                    continue;
+                };
+                match replier.send(&reply) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        conns.remove(&conn);
+                    }
+                    Err(err) => {
+                        debug!("conn={conn}: writing a reply failed: {err}");
+                        conns.remove(&conn);
+                        if !stop {
+                            scheduler.on_gone(conn, now);
+                        }
+                    }
+                }
             }
         }
         if stop {

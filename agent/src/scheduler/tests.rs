@@ -5,7 +5,9 @@
 use super::*;
 use crate::config::throttle::RateLimit;
 use crate::pod::SkipReason;
-use pod_pacemaker::protocol::{ErrorCode, Token};
+use pod_pacemaker::protocol::{self, ErrorCode, Token};
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
 
 mod bench;
 mod invariants;
@@ -1156,47 +1158,65 @@ fn huge_timeout_does_not_overflow() {
     assert_eq!(queued_names(&s, now), ["b"]);
 }
 
-#[test]
-fn owner_thread_serves_messages_saves_state_and_stops() {
-    let dir = std::env::temp_dir().join(format!("ppm-sched-run-{}", std::process::id()));
+/// Starts the `agent-sched` thread on a synced scheduler with one slot; `dir` holds its state
+/// file. Returns the channel to it and its handle.
+fn start_owner_thread(
+    dir: &std::path::Path,
+    pods: Vec<PodInfo>,
+) -> (Sender<SchedMsg>, std::thread::JoinHandle<()>) {
     let state_file = dir.join("agent-state.json");
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = {
-        let state_file = state_file.clone();
-        std::thread::spawn(move || {
-            let s = Scheduler::new(options(), limits(1), None, Instant::now());
-            run(s, &rx, Some(&state_file), || {
-                let _ = ready_tx.send(());
-            });
-        })
-    };
-    tx.send(SchedMsg::Kube(KubeEvent::Resynced(Vec::new())))
+    let handle = std::thread::spawn(move || {
+        let s = Scheduler::new(options(), limits(1), None, Instant::now());
+        run(s, &rx, Some(&state_file), || {
+            let _ = ready_tx.send(());
+        });
+    });
+    tx.send(SchedMsg::Kube(KubeEvent::Resynced(pods)))
         .expect("send");
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("ready after the first list");
-    let send_wait = |conn, name: &str, uid: &str| {
-        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-        tx.send(SchedMsg::Wait {
-            conn,
-            request: wait(name, Some(uid)),
-            replies: reply_tx,
-        })
-        .expect("send");
-        reply_rx
-    };
-    let a = send_wait(1, "a", "ua");
-    let reply = a.recv_timeout(Duration::from_secs(5)).expect("reply");
+    (tx, handle)
+}
+
+/// Sends a `WAIT` whose replies the scheduler writes to its end of a socket pair; returns the
+/// client's end.
+fn send_wait(tx: &Sender<SchedMsg>, conn: ConnId, name: &str, uid: &str) -> BufReader<UnixStream> {
+    let (client, agent_side) = UnixStream::pair().expect("socket pair");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    tx.send(SchedMsg::Wait {
+        conn,
+        request: wait(name, Some(uid)),
+        replies: Replier::new(&agent_side).expect("replier"),
+    })
+    .expect("send");
+    BufReader::new(client)
+}
+
+fn next_reply(client: &mut BufReader<UnixStream>) -> Reply {
+    let line = protocol::read_line(client).expect("reads").expect("a line");
+    Reply::decode(&line).expect("decodes")
+}
+
+const GRANTED: Reply = Reply::Granted {
+    reason: GrantReason::Slot,
+};
+
+#[test]
+fn owner_thread_serves_messages_saves_state_and_stops() {
+    let dir = std::env::temp_dir().join(format!("ppm-sched-run-{}", std::process::id()));
+    let (tx, handle) = start_owner_thread(&dir, Vec::new());
+    let mut a = send_wait(&tx, 1, "a", "ua");
+    assert_eq!(next_reply(&mut a), GRANTED);
+    let mut b = send_wait(&tx, 2, "b", "ub");
     assert!(matches!(
-        reply,
-        Ok(Reply::Granted {
-            reason: GrantReason::Slot
-        })
+        next_reply(&mut b),
+        Reply::Queued { position: 1, .. }
     ));
-    let b = send_wait(2, "b", "ub");
-    let reply = b.recv_timeout(Duration::from_secs(5)).expect("reply");
-    assert!(matches!(reply, Ok(Reply::Queued { position: 1, .. })));
 
     let (status_tx, status_rx) = std::sync::mpsc::channel();
     tx.send(SchedMsg::Status { replies: status_tx })
@@ -1207,15 +1227,74 @@ fn owner_thread_serves_messages_saves_state_and_stops() {
     assert_eq!(lines.len(), 3);
 
     tx.send(SchedMsg::Shutdown).expect("send");
-    let reply = b.recv_timeout(Duration::from_secs(5)).expect("reply");
-    assert!(matches!(reply, Err(AgentError::ShuttingDown)));
+    assert!(matches!(
+        next_reply(&mut b),
+        Reply::Error {
+            code: ErrorCode::ShuttingDown,
+            ..
+        }
+    ));
     handle.join().expect("thread ends");
 
     // The state file holds the holder and the waiter.
-    let saved = state::load(&state_file).expect("loads").expect("written");
+    let saved = state::load(&dir.join("agent-state.json"))
+        .expect("loads")
+        .expect("written");
     assert_eq!(saved.holders.len(), 1);
     assert_eq!(saved.queue.len(), 1);
     assert!(saved.queue[0].waiting);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn owner_thread_passes_a_grant_it_cannot_write_to_the_next_waiter() {
+    let dir = std::env::temp_dir().join(format!("ppm-sched-undelivered-{}", std::process::id()));
+    let pods = vec![pod("h", "uh"), pod("a", "ua"), pod("b", "ub")];
+    let (tx, handle) = start_owner_thread(&dir, pods);
+    let mut h = send_wait(&tx, 1, "h", "uh");
+    assert_eq!(next_reply(&mut h), GRANTED);
+    let mut a = send_wait(&tx, 2, "a", "ua");
+    assert!(matches!(
+        next_reply(&mut a),
+        Reply::Queued { position: 1, .. }
+    ));
+    let mut b = send_wait(&tx, 3, "b", "ub");
+    assert!(matches!(
+        next_reply(&mut b),
+        Reply::Queued { position: 2, .. }
+    ));
+
+    // a's client is gone, and no connection thread reported it: the grant's write fails, the
+    // slot goes back and b is granted instead.
+    drop(a);
+    let mut ready = pod("h", "uh");
+    ready.release = Some(ReleaseReason::Ready);
+    tx.send(SchedMsg::Kube(KubeEvent::PodUpsert(ready)))
+        .expect("send");
+    let next = loop {
+        match next_reply(&mut b) {
+            Reply::Queued { .. } => {}
+            other => break other,
+        }
+    };
+    assert_eq!(next, GRANTED);
+
+    let (status_tx, status_rx) = std::sync::mpsc::channel();
+    tx.send(SchedMsg::Status { replies: status_tx })
+        .expect("send");
+    let lines = status_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("status");
+    let holders: Vec<_> = lines
+        .iter()
+        .filter_map(|line| match line {
+            StatusReply::Holder(holder) => Some(holder.name.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(holders, ["b"]);
+    tx.send(SchedMsg::Shutdown).expect("send");
+    handle.join().expect("thread ends");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
