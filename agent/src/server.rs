@@ -344,7 +344,7 @@ impl Read for DeadlineReader<'_> {
 
 /// Hands a WAIT to the scheduler together with a [`Replier`] for this stream, then waits for the
 /// client to close. The scheduler thread writes every reply itself (one thread fewer to wake per
-/// grant) and shuts the stream down after the final one, which ends the wait here too; a close
+/// grant) and shuts the stream down after the final one, which ends the wait here too. A close
 /// before that is reported as [`SchedMsg::Gone`].
 fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
     let replier = match Replier::new(stream) {
@@ -414,6 +414,9 @@ impl Replier {
         }
         let written = write_reply(&self.stream, &reply);
         if last || written.is_err() {
+            // The client still reads what was written, then end-of-file. Shutting down here, not
+            // waiting for the client to close, wakes the connection thread from this thread: a
+            // client's close would pay for that wake-up before it carries on with its grant.
             let _ = self.stream.shutdown(Shutdown::Both);
         }
         written.map(|()| last)
@@ -421,12 +424,14 @@ impl Replier {
 }
 
 impl Drop for Replier {
+    /// Also without a final reply (the client left, or the scheduler is stopping), the
+    /// connection thread is woken and ends.
     fn drop(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
-/// Blocks until the client closes its end (or the scheduler shut the stream down). A client
+/// Blocks until the client closes its end or the scheduler shuts the stream down. A client
 /// sends nothing after its request; bytes it sends anyway are read and dropped.
 fn wait_for_close(stream: &UnixStream) {
     if stream.set_read_timeout(None).is_err() {
@@ -589,6 +594,7 @@ mod tests {
         let mut writer = &client;
         writer.write_all(input).expect("write");
         let replies = read_replies(&client);
+        drop(client);
         worker.join().expect("worker");
         fake.join().expect("fake scheduler");
         replies
@@ -762,9 +768,10 @@ mod tests {
         assert!(matches!(replies.send(&Ok(granted.clone())), Ok(true)));
         // The client reads the grant, then end-of-file: the agent closed the stream.
         assert_eq!(read_replies(&client), [granted]);
-        // The connection thread ends while the scheduler still holds the replier, and reports
-        // nothing: the wait ended normally.
+        // The connection thread ends while the scheduler still holds the replier and the client
+        // its end, and reports nothing: the wait ended normally.
         worker.join().expect("worker");
+        drop(client);
         assert!(rx.try_recv().is_err());
         drop(replies);
     }

@@ -44,7 +44,7 @@ mod gates;
 mod queue;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -167,14 +167,20 @@ pub fn run(
     state_file: Option<&Path>,
     mut on_ready: impl FnMut(),
 ) {
-    let mut conns: HashMap<ConnId, Replier> = HashMap::new();
+    let mut clients = Clients::default();
     let mut saver = Saver::new(state_file);
     loop {
-        // 1. Take the next message; when there is none, save the state if it is time, then sleep
-        //    until a message arrives or the next deadline (or save) is due.
+        // 1. Take the next message; when there is none, write some position updates if any are
+        //    pending, or else save the state if it is time, then sleep until a message arrives or
+        //    the next deadline (or save) is due.
+        let mut idle_turn = false;
         let message = match messages.try_recv() {
             Ok(message) => Some(message),
             Err(TryRecvError::Disconnected) => Some(SchedMsg::Shutdown),
+            Err(TryRecvError::Empty) if clients.has_backlog() => {
+                idle_turn = true;
+                None
+            }
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
                 let save_due = saver.maybe_save(&mut scheduler, now);
@@ -213,11 +219,11 @@ pub fn run(
                 request,
                 replies,
             }) => {
-                conns.insert(conn, replies);
+                clients.repliers.insert(conn, replies);
                 scheduler.on_wait(conn, request, now);
             }
             Some(SchedMsg::Gone { conn }) => {
-                conns.remove(&conn);
+                clients.forget(conn);
                 scheduler.on_gone(conn, now);
             }
             Some(SchedMsg::Status { replies }) => {
@@ -234,35 +240,119 @@ pub fn run(
             scheduler.tick(now);
         }
 
-        // 3. Write the replies. A client that cannot be written to is gone; that may free a
-        //    slot and produce more replies, so repeat until there are none.
-        loop {
-            let outbox = scheduler.take_outbox();
-            if outbox.is_empty() {
-                break;
-            }
-            for (conn, reply) in outbox {
-                let Some(replier) = conns.get_mut(&conn) else {
-                    continue;
-                };
-                match replier.send(&reply) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        conns.remove(&conn);
-                    }
-                    Err(err) => {
-                        debug!("conn={conn}: writing a reply failed: {err}");
-                        conns.remove(&conn);
-                        if !stop {
-                            scheduler.on_gone(conn, now);
-                        }
-                    }
-                }
-            }
+        // 3. Write the replies; position updates wait for a turn with nothing else to do.
+        clients.deliver(&mut scheduler, now, stop);
+        if idle_turn {
+            clients.write_positions(&mut scheduler, now);
         }
         if stop {
             saver.finish(&mut scheduler);
             return;
+        }
+    }
+}
+
+/// The waiting clients' [`Replier`]s, and the position updates not written yet.
+///
+/// Final replies (a grant, an error) are written as soon as the scheduler makes them. Position
+/// updates are written only on a turn when no message is waiting, [`POSITION_BATCH`] at a time,
+/// so that a release arriving while hundreds of waiters move up is not queued behind their
+/// updates. Only a client's latest position is kept, and it is dropped when a final reply
+/// overtakes it.
+#[derive(Default)]
+struct Clients {
+    repliers: HashMap<ConnId, Replier>,
+    /// Clients with a pending position update, oldest first.
+    backlog: VecDeque<ConnId>,
+    positions: HashMap<ConnId, Reply>,
+}
+
+/// How many position updates are written per idle turn of the scheduler thread.
+const POSITION_BATCH: usize = 16;
+
+impl Clients {
+    fn has_backlog(&self) -> bool {
+        !self.positions.is_empty()
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.repliers.remove(&conn);
+        self.drop_position(conn);
+    }
+
+    /// Drops `conn`'s pending position update; its place in the backlog is skipped later, or
+    /// cleared with the rest once no update is pending.
+    fn drop_position(&mut self, conn: ConnId) {
+        self.positions.remove(&conn);
+        if self.positions.is_empty() {
+            self.backlog.clear();
+        }
+    }
+
+    /// Writes the scheduler's final replies and queues its position updates. A client that
+    /// cannot be written to is gone; that may free a slot and make more replies, so this repeats
+    /// until there are none. While `stopping`, a failed write changes nothing.
+    fn deliver(&mut self, scheduler: &mut Scheduler, now: Instant, stopping: bool) {
+        loop {
+            let outbox = scheduler.take_outbox();
+            if outbox.is_empty() {
+                return;
+            }
+            for (conn, reply) in outbox {
+                match reply {
+                    Ok(position) if !position.is_final() && !stopping => {
+                        if self.positions.insert(conn, position).is_none() {
+                            self.backlog.push_back(conn);
+                        }
+                    }
+                    reply => {
+                        self.drop_position(conn);
+                        self.write(scheduler, conn, &reply, now, stopping);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes up to [`POSITION_BATCH`] pending position updates, oldest first.
+    fn write_positions(&mut self, scheduler: &mut Scheduler, now: Instant) {
+        let mut written = 0;
+        while written < POSITION_BATCH {
+            let Some(conn) = self.backlog.pop_front() else {
+                break;
+            };
+            if let Some(position) = self.positions.remove(&conn) {
+                self.write(scheduler, conn, &Ok(position), now, false);
+                written += 1;
+            }
+        }
+        if self.positions.is_empty() {
+            self.backlog.clear();
+        }
+        self.deliver(scheduler, now, false);
+    }
+
+    fn write(
+        &mut self,
+        scheduler: &mut Scheduler,
+        conn: ConnId,
+        reply: &ConnReply,
+        now: Instant,
+        stopping: bool,
+    ) {
+        let Some(replier) = self.repliers.get_mut(&conn) else {
+            return;
+        };
+        match replier.send(reply) {
+            Ok(false) => {}
+            Ok(true) => self.forget(conn),
+            Err(err) => {
+                debug!("conn={conn}: writing a reply failed: {err}");
+                self.forget(conn);
+                if !stopping {
+                    scheduler.on_gone(conn, now);
+                }
+            }
         }
     }
 }
