@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The grant-latency benchmark behind `scripts/bench.sh scheduler` (issue #6). It is a test only
 //! so that it can drive the agent's own threads; it is ignored by `cargo test`, asserts nothing
-//! about time, and prints `figure` lines for the bench script.
+//! about time, and prints `figure` and `info` lines for the bench script.
 //!
 //! Set-up, all in this process and all real except the API server: the `agent-sched` owner thread
 //! (`run`, with a state file as in production), the accept loop and one connection thread per
@@ -10,10 +10,21 @@
 //! goes into the scheduler's channel exactly as the watch thread sends it, and the time until the
 //! next waiter's `wait_for_slot` returns `Granted` is the grant latency after the releasing event.
 //! The baseline is one round trip on a Unix stream socket between two threads (a line out, a line
-//! back): the median of 2000 back to back, taken before the clients start; it divides both
-//! figures. The median of one round trip taken right before each release is printed too
-//! (`socket_round_trip_hot_us`): there the kernel hands the CPU straight over and it is several
-//! times cheaper, which is worth knowing when reading the figures (docs/decisions.md D16).
+//! back): the median of 2000 back to back, taken in the same placement just before the clients
+//! start.
+//!
+//! Where the threads run decides both figures (docs/decisions.md D16): on a VM, waking a thread
+//! on another, idle vCPU costs ten times a hand-over on the same vCPU. So the benchmark runs
+//! twice, each time with every thread pinned (`taskset` on thread IDs, inherited by the threads
+//! they start):
+//!
+//! - **across two CPUs**: the agent's side (the thread sending the event, the scheduler, the
+//!   accept loop and connection threads, the state writer) on one CPU, the plugin clients and the
+//!   echoing end of the baseline on another, as a plugin process and the agent usually are;
+//! - **on one CPU**: everything on the same CPU.
+//!
+//! The `figure` lines are those of the first placement; the second is printed as `info`. With
+//! fewer than two CPUs only the second runs, and its ratios become the figures.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -42,9 +53,11 @@ struct Echo {
 }
 
 impl Echo {
-    fn new() -> Self {
+    /// The echoing thread runs `place` first.
+    fn new(place: impl FnOnce() + Send + 'static) -> Self {
         let (client, server) = UnixStream::pair().expect("socket pair");
         let thread = thread::spawn(move || {
+            place();
             let mut reader = BufReader::new(&server);
             let mut writer = &server;
             let mut line = String::new();
@@ -85,32 +98,6 @@ impl Drop for Echo {
             let _ = thread.join();
         }
     }
-}
-
-/// The median of `ROUND_TRIPS` round trips through a pair of `mpsc` channels between two threads,
-/// the hand-off the watch thread and the scheduler thread use.
-fn channel_round_trip() -> Duration {
-    let (to_echo, echo_rx) = mpsc::channel::<Instant>();
-    let (to_main, main_rx) = mpsc::channel::<Instant>();
-    let echo = thread::spawn(move || {
-        while let Ok(t) = echo_rx.recv() {
-            if to_main.send(t).is_err() {
-                return;
-            }
-        }
-    });
-    let mut samples = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + 200 {
-        let start = Instant::now();
-        to_echo.send(start).expect("send");
-        main_rx.recv().expect("recv");
-        if i >= 200 {
-            samples.push(start.elapsed());
-        }
-    }
-    drop(to_echo);
-    let _ = echo.join();
-    percentile(&mut samples, 50)
 }
 
 /// Formats every record at info and above, as the agent's logger does, and drops the text: the
@@ -157,20 +144,163 @@ fn waiting_count(socket: &std::path::Path) -> u32 {
         .unwrap_or(0)
 }
 
+/// Where the benchmark's threads run.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// The agent's side on `agent`, the plugin side on `plugin`.
+    Across { agent: usize, plugin: usize },
+    /// Everything on `cpu`.
+    One { cpu: usize },
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Across { .. } => "across two CPUs",
+            Placement::One { .. } => "on one CPU",
+        }
+    }
+
+    fn agent_cpu(self) -> usize {
+        match self {
+            Placement::Across { agent, .. } => agent,
+            Placement::One { cpu } => cpu,
+        }
+    }
+
+    fn plugin_cpu(self) -> usize {
+        match self {
+            Placement::Across { plugin, .. } => plugin,
+            Placement::One { cpu } => cpu,
+        }
+    }
+}
+
+/// The CPUs this process may run on, from /proc/self/status (`Cpus_allowed_list: 0-3,6`).
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let mut ends = part.splitn(2, '-').map(|n| n.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(first)), None) => cpus.push(first),
+            (Some(Ok(first)), Some(Ok(last))) => cpus.extend(first..=last),
+            _ => {}
+        }
+    }
+    cpus
+}
+
+/// Pins the calling thread to `cpus` (a `taskset` list) with `taskset -p` on its thread ID;
+/// threads it starts afterwards inherit that. Panics when that fails: a benchmark that did not
+/// place its threads would print figures of another set-up.
+fn pin_this_thread(cpus: &str) {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a thread ID")
+        .to_owned();
+    let status = std::process::Command::new("taskset")
+        .args(["-p", "-c", cpus, &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset (util-linux) runs");
+    assert!(status.success(), "taskset -p -c {cpus} {tid} failed");
+}
+
+/// What one placement measured.
+struct Figures {
+    rtt: Duration,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Figures {
+    fn ratio(&self, d: Duration) -> f64 {
+        d.as_secs_f64() / self.rtt.as_secs_f64().max(1e-9)
+    }
+}
+
 #[test]
 #[ignore = "#6: benchmark, run by scripts/bench.sh scheduler"]
 fn grant_latency() {
-    // 1. The baseline, and a logger as costly as the agent's (less the write).
-    let mut echo = Echo::new();
+    // Format log lines as the agent does (less the write).
+    if log::set_logger(&FORMAT_ONLY).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let cpus = allowed_cpus();
+    let all = cpus
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut placements = Vec::new();
+    match cpus[..] {
+        [agent, plugin, ..] => {
+            placements.push(Placement::Across { agent, plugin });
+            placements.push(Placement::One { cpu: agent });
+        }
+        [cpu] => placements.push(Placement::One { cpu }),
+        [] => panic!("no CPU list in /proc/self/status"),
+    }
+
+    for (i, placement) in placements.into_iter().enumerate() {
+        pin_this_thread(&placement.agent_cpu().to_string());
+        let figures = measure(placement);
+        pin_this_thread(&all);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "info {}: socket_round_trip_us {:.1} grant_latency_p50_us {:.1} p99_us {:.1} \
+             max_us {:.1} waiters {WAITERS}",
+            placement.name(),
+            us(figures.rtt),
+            us(figures.p50),
+            us(figures.p99),
+            us(figures.max),
+        );
+        if i == 0 {
+            println!(
+                "figure grant_latency_p50_ratio {:.2} x target <= {P50_TARGET}",
+                figures.ratio(figures.p50)
+            );
+            println!(
+                "figure grant_latency_p99_ratio {:.2} x target <= {P99_TARGET}",
+                figures.ratio(figures.p99)
+            );
+        } else {
+            println!(
+                "info {}: grant_latency_p50_ratio {:.2} x, grant_latency_p99_ratio {:.2} x",
+                placement.name(),
+                figures.ratio(figures.p50),
+                figures.ratio(figures.p99)
+            );
+        }
+    }
+}
+
+/// One run of the benchmark; the calling thread is already pinned to the agent's CPU.
+fn measure(placement: Placement) -> Figures {
+    let plugin_cpu = placement.plugin_cpu().to_string();
+
+    // 1. The baseline: this thread and an echoing thread on the plugin's CPU.
+    let mut echo = {
+        let cpu = plugin_cpu.clone();
+        Echo::new(move || pin_this_thread(&cpu))
+    };
     for _ in 0..200 {
         echo.round_trip();
     }
     let mut round_trips: Vec<Duration> = (0..ROUND_TRIPS).map(|_| echo.round_trip()).collect();
     let rtt = percentile(&mut round_trips, 50);
-    let channel_rtt = channel_round_trip();
-    if log::set_logger(&FORMAT_ONLY).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    drop(echo);
 
     // 2. The agent: scheduler thread, socket, accept loop; one slot, every pod known.
     let dir = std::env::temp_dir().join(format!("ppm-bench-sched-{}", std::process::id()));
@@ -212,7 +342,22 @@ fn grant_latency() {
         thread::spawn(move || server.accept_loop(&listener, &tx))
     };
 
-    // 3. The clients: pod 0 takes the slot, 500 more wait, each on its own thread.
+    // 3. The clients: pod 0 takes the slot, 500 more wait, each on its own thread. They are
+    //    started by a thread pinned to the plugin's CPU, so that they inherit its placement.
+    let (spawn_tx, spawn_rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+    let (handle_tx, handle_rx) = mpsc::channel();
+    let spawner = thread::spawn(move || {
+        pin_this_thread(&plugin_cpu);
+        for job in spawn_rx {
+            let spawned = thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(job)
+                .expect("spawn client");
+            if handle_tx.send(spawned).is_err() {
+                return;
+            }
+        }
+    });
     let (granted_tx, granted_rx) = mpsc::channel::<(usize, Instant)>();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut clients = Vec::with_capacity(WAITERS + 1);
@@ -225,16 +370,15 @@ fn grant_latency() {
             uid: Some(token(&format!("uid-{i:04}"))),
             timeout_ms: None,
         };
-        let spawned = thread::Builder::new()
-            .stack_size(256 << 10)
-            .spawn(move || {
+        spawn_tx
+            .send(Box::new(move || {
                 let outcome = wait_for_slot(&socket, &request, &|| deadline, deadline);
                 let at = Instant::now();
                 assert!(matches!(outcome, WaitOutcome::Granted(_)), "{outcome:?}");
                 let _ = granted_tx.send((i, at));
-            })
-            .expect("spawn client");
-        clients.push(spawned);
+            }))
+            .expect("to the spawner");
+        clients.push(handle_rx.recv().expect("a client thread"));
         if i == 0 {
             let (first, _) = granted_rx
                 .recv_timeout(Duration::from_secs(30))
@@ -242,6 +386,8 @@ fn grant_latency() {
             assert_eq!(first, 0);
         }
     }
+    drop(spawn_tx);
+    let _ = spawner.join();
     while waiting_count(&socket) < u32::try_from(WAITERS).unwrap_or(u32::MAX) {
         thread::sleep(Duration::from_millis(50));
     }
@@ -249,12 +395,9 @@ fn grant_latency() {
     thread::sleep(Duration::from_millis(1500));
 
     // 4. 500 releases, one at a time: the holder turns Ready, the next waiter's grant is timed.
-    //    Right before each, one more round trip, for the "hot" figure.
     let mut holder = 0;
     let mut samples = Vec::with_capacity(WAITERS);
-    let mut hot = Vec::with_capacity(WAITERS);
     for _ in 0..WAITERS {
-        hot.push(echo.round_trip());
         let mut ready = pod_named(holder);
         ready.release = Some(ReleaseReason::Ready);
         ready.started = true;
@@ -269,7 +412,7 @@ fn grant_latency() {
         holder = next;
     }
 
-    // 5. Stop everything, then report.
+    // 5. Stop everything.
     server.stop(&socket);
     let _ = acceptor.join();
     let _ = tx.send(SchedMsg::Shutdown);
@@ -280,32 +423,10 @@ fn grant_latency() {
     file.remove();
     let _ = std::fs::remove_dir_all(&dir);
 
-    drop(echo);
-    let hot = percentile(&mut hot, 50);
-    let p50 = percentile(&mut samples, 50);
-    let p99 = percentile(&mut samples, 99);
-    let ratio = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64().max(1e-9);
-    println!("info socket_round_trip_us {:.1}", rtt.as_secs_f64() * 1e6);
-    println!(
-        "info socket_round_trip_hot_us {:.1} (one right before each release)",
-        hot.as_secs_f64() * 1e6
-    );
-    println!(
-        "info channel_round_trip_us {:.1} (mpsc, as between the watch and scheduler threads)",
-        channel_rtt.as_secs_f64() * 1e6
-    );
-    println!(
-        "info grant_latency_p50_us {:.1} p99_us {:.1} max_us {:.1} waiters {WAITERS}",
-        p50.as_secs_f64() * 1e6,
-        p99.as_secs_f64() * 1e6,
-        samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    );
-    println!(
-        "figure grant_latency_p50_ratio {:.2} x target <= {P50_TARGET}",
-        ratio(p50)
-    );
-    println!(
-        "figure grant_latency_p99_ratio {:.2} x target <= {P99_TARGET}",
-        ratio(p99)
-    );
+    Figures {
+        rtt,
+        p50: percentile(&mut samples, 50),
+        p99: percentile(&mut samples, 99),
+        max: samples.last().copied().unwrap_or_default(),
+    }
 }
