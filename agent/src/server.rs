@@ -11,17 +11,16 @@
 //! [`MAX_CONNECTIONS`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
 //! version line and one request within one deadline from the accept (`REQUEST_TIMEOUT`; a
 //! client dripping bytes cannot stretch it), answers `PING` itself, asks the scheduler
-//! for a `STATUS`, and hands a `WAIT` to the scheduler with a [`Replier`]: from then on the
-//! scheduler thread writes the replies to the stream itself, so a grant wakes no thread between
-//! the scheduler and the client. The connection thread only blocks until the stream closes, and
-//! tells the scheduler ([`SchedMsg::Gone`]) when the client left before its final reply. A line that does not
+//! for a `STATUS`, and hands a `WAIT` to the scheduler with a [`Replier`], then ends: the
+//! scheduler thread writes the replies to the stream itself and checks for clients that closed
+//! (`scheduler::CLOSE_CHECK`), so a waiting client costs no thread and a grant wakes no thread
+//! between the scheduler and the client. A line that does not
 //! parse, or is too long, gets one `ERROR` and the connection is closed; it touches nothing else,
 //! so every other client is served as before. Every line is built and parsed by
 //! `pod_pacemaker::protocol`; [`query_status`] is the client side of `STATUS`, for `--status`.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +36,8 @@ use pod_pacemaker::protocol::{self, DecodeError, Reply, Request, StatusReply, Wa
 use crate::error::{error_reply, AgentError};
 use crate::scheduler::{ConnId, ConnReply, SchedMsg};
 
-/// The most connections served at once; a WAIT holds its connection until granted.
+/// The most connections whose request is being read at once (a WAIT, once read, is held by the
+/// scheduler; `scheduler::MAX_WAITING` bounds those).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client has to send its version line and request, in total from the accept: a client
 /// that drips one byte at a time cannot hold a connection longer than this.
@@ -342,10 +342,10 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
-/// Hands a WAIT to the scheduler together with a [`Replier`] for this stream, then waits for the
-/// client to close. The scheduler thread writes every reply itself (one thread fewer to wake per
-/// grant) and shuts the stream down after the final one, which ends the wait here too. A close
-/// before that is reported as [`SchedMsg::Gone`].
+/// Hands a WAIT to the scheduler together with a [`Replier`] on this stream; the connection
+/// thread then ends. From here on the scheduler thread writes the replies and notices a client
+/// that closes, so a grant wakes no thread between the scheduler and the client, and a waiting
+/// client costs no thread.
 fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
     let replier = match Replier::new(stream) {
         Ok(replier) => replier,
@@ -354,7 +354,6 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
             return;
         }
     };
-    let finished = Arc::clone(&replier.finished);
     let message = SchedMsg::Wait {
         conn,
         request: wait,
@@ -364,87 +363,46 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
         if let SchedMsg::Wait { mut replies, .. } = message {
             let _ = replies.send(&Err(AgentError::ShuttingDown));
         }
-        return;
-    }
-    wait_for_close(stream);
-    if !finished.load(Ordering::SeqCst) {
-        debug!("conn={conn}: client closed while waiting");
-        let _ = scheduler.send(SchedMsg::Gone { conn });
     }
 }
 
-/// The scheduler thread's handle on a waiting client's stream: it writes the replies and, after
-/// the final one, shuts the stream down. A write may block for at most [`REPLY_WRITE_TIMEOUT`]; a
-/// client whose buffer stays full that long is treated as gone (the plugin reads every line as
-/// it comes, and the few lines a wait produces are far below a socket buffer). Dropping it shuts
-/// the stream down too, so the connection thread never outlives the scheduler's interest.
+/// The scheduler thread's handle on a waiting client's stream. The stream is non-blocking: a
+/// reply that does not fit in the socket buffer at once means a client that does not read (the
+/// plugin reads every line as it comes, and the few lines of a wait are far below a buffer), and
+/// counts as the client gone, as does a failed write. Dropping the handle closes the stream.
 #[derive(Debug)]
 pub struct Replier {
     stream: UnixStream,
-    /// Set before the final reply is written: from then on a close is the normal end.
-    finished: Arc<AtomicBool>,
 }
 
-/// How long the scheduler thread may block writing one reply to a client that does not read.
-const REPLY_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
-
 impl Replier {
-    /// A handle writing to (a clone of) `stream`.
+    /// A handle on (a clone of) `stream`, which becomes non-blocking.
     pub fn new(stream: &UnixStream) -> io::Result<Self> {
         let stream = stream.try_clone()?;
-        // The timeout is an option of the socket, shared with the connection thread's handle;
-        // that thread does not write from now on.
-        stream.set_write_timeout(Some(REPLY_WRITE_TIMEOUT))?;
-        Ok(Self {
-            stream,
-            finished: Arc::new(AtomicBool::new(false)),
-        })
+        stream.set_nonblocking(true)?;
+        Ok(Self { stream })
     }
 
-    /// Writes `reply` (an error as its `ERROR` line); after a final one, shuts the stream down.
-    /// Returns whether the reply was final. A failed write means the client is gone.
+    /// Writes `reply` (an error as its `ERROR` line). Returns whether the reply was final.
     pub fn send(&mut self, reply: &ConnReply) -> io::Result<bool> {
         let reply = match reply {
             Ok(reply) => reply.clone(),
             Err(err) => error_reply(err),
         };
-        let last = reply.is_final();
-        if last {
-            self.finished.store(true, Ordering::SeqCst);
-        }
-        let written = write_reply(&self.stream, &reply);
-        if last || written.is_err() {
-            // The client still reads what was written, then end-of-file. Shutting down here, not
-            // waiting for the client to close, wakes the connection thread from this thread: a
-            // client's close would pay for that wake-up before it carries on with its grant.
-            let _ = self.stream.shutdown(Shutdown::Both);
-        }
-        written.map(|()| last)
+        write_reply(&self.stream, &reply)?;
+        Ok(reply.is_final())
     }
-}
 
-impl Drop for Replier {
-    /// Also without a final reply (the client left, or the scheduler is stopping), the
-    /// connection thread is woken and ends.
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
-    }
-}
-
-/// Blocks until the client closes its end or the scheduler shuts the stream down. A client
-/// sends nothing after its request; bytes it sends anyway are read and dropped.
-fn wait_for_close(stream: &UnixStream) {
-    if stream.set_read_timeout(None).is_err() {
-        return;
-    }
-    let mut buf = [0_u8; 256];
-    let mut reader = stream;
-    loop {
+    /// Whether the client has closed its end. A client sends nothing after its request, so a
+    /// read that returns end-of-file means it closed; bytes it sends anyway are dropped. (The
+    /// plugin never shuts down only its writing half while it waits.)
+    pub fn client_closed(&mut self) -> bool {
+        let mut buf = [0_u8; 256];
+        let mut reader = &self.stream;
         match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
         }
     }
 }
@@ -720,23 +678,41 @@ mod tests {
     }
 
     #[test]
-    fn client_close_while_waiting_tells_the_scheduler() {
+    fn wait_is_handed_to_the_scheduler_and_the_connection_thread_ends() {
         let (client, server) = UnixStream::pair().expect("pair");
         let (tx, rx) = mpsc::channel::<SchedMsg>();
-        let worker = thread::spawn(move || serve_connection(&server, 7, &tx));
         let mut writer = &client;
         writer
             .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
             .expect("write");
-        let Ok(SchedMsg::Wait { conn, replies, .. }) = rx.recv() else {
+        serve_connection(&server, 7, &tx);
+        drop(server);
+        let Ok(SchedMsg::Wait {
+            conn, mut replies, ..
+        }) = rx.try_recv()
+        else {
             panic!("expected a wait");
         };
         assert_eq!(conn, 7);
-        drop(client);
-        let gone = rx.recv_timeout(Duration::from_secs(5)).expect("gone");
-        assert!(matches!(gone, SchedMsg::Gone { conn: 7 }));
-        worker.join().expect("worker");
+        let granted = Reply::Granted {
+            reason: GrantReason::Slot,
+        };
+        assert!(matches!(replies.send(&Ok(granted.clone())), Ok(true)));
         drop(replies);
+        assert_eq!(read_replies(&client), [granted]);
+    }
+
+    #[test]
+    fn replier_notices_a_closed_client() {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let mut replier = Replier::new(&server).expect("replier");
+        drop(server);
+        assert!(!replier.client_closed());
+        // Stray bytes after the request are dropped; they are not a close.
+        (&client).write_all(b"stray").expect("write");
+        assert!(!replier.client_closed());
+        drop(client);
+        assert!(replier.client_closed());
     }
 
     #[test]
@@ -748,32 +724,6 @@ mod tests {
             reason: GrantReason::Slot,
         });
         assert!(replier.send(&granted).is_err());
-    }
-
-    #[test]
-    fn final_reply_ends_the_connection_without_a_gone() {
-        let (client, server) = UnixStream::pair().expect("pair");
-        let (tx, rx) = mpsc::channel::<SchedMsg>();
-        let mut writer = &client;
-        writer
-            .write_all(b"pod-pacemaker/1\nWAIT namespace=a name=b\n")
-            .expect("write");
-        let worker = thread::spawn(move || serve_connection(&server, 9, &tx));
-        let Ok(SchedMsg::Wait { mut replies, .. }) = rx.recv() else {
-            panic!("expected a wait");
-        };
-        let granted = Reply::Granted {
-            reason: GrantReason::Slot,
-        };
-        assert!(matches!(replies.send(&Ok(granted.clone())), Ok(true)));
-        // The client reads the grant, then end-of-file: the agent closed the stream.
-        assert_eq!(read_replies(&client), [granted]);
-        // The connection thread ends while the scheduler still holds the replier and the client
-        // its end, and reports nothing: the wait ended normally.
-        worker.join().expect("worker");
-        drop(client);
-        assert!(rx.try_recv().is_err());
-        drop(replies);
     }
 
     #[test]

@@ -83,10 +83,6 @@ pub enum SchedMsg {
         request: WaitRequest,
         replies: Replier,
     },
-    /// The client closed its connection before its final reply was written. (A reply that cannot
-    /// be written is noticed by this thread itself, with the same effect.) A slot just granted to
-    /// it is released.
-    Gone { conn: ConnId },
     /// A client's `STATUS`: the answer's lines go to `replies` in one message.
     Status { replies: Sender<Vec<StatusReply>> },
     /// New limits (SIGHUP re-read the config file); they apply from the next grant.
@@ -167,7 +163,7 @@ pub fn run(
     state_file: Option<&Path>,
     mut on_ready: impl FnMut(),
 ) {
-    let mut clients = Clients::default();
+    let mut clients = Clients::new(Instant::now());
     let mut saver = Saver::new(state_file);
     loop {
         // 1. Take the next message; when there is none, write some position updates if any are
@@ -188,6 +184,7 @@ pub fn run(
                     .next_deadline(now)
                     .into_iter()
                     .chain(save_due)
+                    .chain(clients.next_close_check())
                     .min()
                     .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
                     .min(IDLE_WAKEUP);
@@ -219,12 +216,9 @@ pub fn run(
                 request,
                 replies,
             }) => {
-                clients.repliers.insert(conn, replies);
-                scheduler.on_wait(conn, request, now);
-            }
-            Some(SchedMsg::Gone { conn }) => {
-                clients.forget(conn);
-                scheduler.on_gone(conn, now);
+                if clients.admit(conn, replies, now) {
+                    scheduler.on_wait(conn, request, now);
+                }
             }
             Some(SchedMsg::Status { replies }) => {
                 let _ = replies.send(scheduler.status(now));
@@ -240,10 +234,14 @@ pub fn run(
             scheduler.tick(now);
         }
 
-        // 3. Write the replies; position updates wait for a turn with nothing else to do.
+        // 3. Write the replies; position updates wait for a turn with nothing else to do. Look
+        //    for clients that closed when it is time.
         clients.deliver(&mut scheduler, now, stop);
         if idle_turn {
             clients.write_positions(&mut scheduler, now);
+        }
+        if !stop && clients.next_close_check().is_some_and(|at| now >= at) {
+            clients.check_closed(&mut scheduler, now);
         }
         if stop {
             saver.finish(&mut scheduler);
@@ -258,19 +256,71 @@ pub fn run(
 /// updates are written only on a turn when no message is waiting, [`POSITION_BATCH`] at a time,
 /// so that a release arriving while hundreds of waiters move up is not queued behind their
 /// updates. Only a client's latest position is kept, and it is dropped when a final reply
-/// overtakes it.
-#[derive(Default)]
+/// overtakes it. Every [`CLOSE_CHECK`] each client is checked for a close; one that closed, or
+/// that a reply cannot be written to, leaves the queue (`Scheduler::on_gone`).
 struct Clients {
     repliers: HashMap<ConnId, Replier>,
     /// Clients with a pending position update, oldest first.
     backlog: VecDeque<ConnId>,
     positions: HashMap<ConnId, Reply>,
+    /// When the clients are next checked for a close.
+    close_check: Instant,
 }
 
 /// How many position updates are written per idle turn of the scheduler thread.
 const POSITION_BATCH: usize = 16;
+/// How often the waiting clients are checked for a close: the delay before a client that gave up
+/// leaves the queue (its position is remembered either way).
+pub const CLOSE_CHECK: Duration = Duration::from_millis(200);
+/// The most clients waiting at once; beyond it a `WAIT` gets `ERROR code=busy`. Each holds only
+/// an open socket, no thread.
+pub const MAX_WAITING: usize = 4096;
 
 impl Clients {
+    fn new(now: Instant) -> Self {
+        Self {
+            repliers: HashMap::new(),
+            backlog: VecDeque::new(),
+            positions: HashMap::new(),
+            close_check: now + CLOSE_CHECK,
+        }
+    }
+
+    /// Takes a new waiting client, or refuses it when [`MAX_WAITING`] are waiting already.
+    fn admit(&mut self, conn: ConnId, mut replies: Replier, now: Instant) -> bool {
+        if self.repliers.len() >= MAX_WAITING {
+            let busy = AgentError::TooManyConnections { limit: MAX_WAITING };
+            let _ = replies.send(&Err(busy));
+            return false;
+        }
+        if self.repliers.is_empty() {
+            self.close_check = now + CLOSE_CHECK;
+        }
+        self.repliers.insert(conn, replies);
+        true
+    }
+
+    /// When the clients are next checked for a close; `None` while nobody waits.
+    fn next_close_check(&self) -> Option<Instant> {
+        (!self.repliers.is_empty()).then_some(self.close_check)
+    }
+
+    /// Lets every client that closed leave the queue.
+    fn check_closed(&mut self, scheduler: &mut Scheduler, now: Instant) {
+        self.close_check = now + CLOSE_CHECK;
+        let closed: Vec<ConnId> = self
+            .repliers
+            .iter_mut()
+            .filter_map(|(conn, replier)| replier.client_closed().then_some(*conn))
+            .collect();
+        for conn in closed {
+            debug!("conn={conn}: client closed while waiting");
+            self.forget(conn);
+            scheduler.on_gone(conn, now);
+        }
+        self.deliver(scheduler, now, false);
+    }
+
     fn has_backlog(&self) -> bool {
         !self.positions.is_empty()
     }

@@ -1264,8 +1264,8 @@ fn owner_thread_passes_a_grant_it_cannot_write_to_the_next_waiter() {
         Reply::Queued { position: 2, .. }
     ));
 
-    // a's client is gone, and no connection thread reported it: the grant's write fails, the
-    // slot goes back and b is granted instead.
+    // a's client is gone: whether the scheduler finds the close first or the grant's write
+    // fails, the slot goes to b.
     drop(a);
     let mut ready = pod("h", "uh");
     ready.release = Some(ReleaseReason::Ready);
@@ -1293,6 +1293,41 @@ fn owner_thread_passes_a_grant_it_cannot_write_to_the_next_waiter() {
         })
         .collect();
     assert_eq!(holders, ["b"]);
+    tx.send(SchedMsg::Shutdown).expect("send");
+    handle.join().expect("thread ends");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn owner_thread_lets_a_client_that_closed_leave_the_queue() {
+    let dir = std::env::temp_dir().join(format!("ppm-sched-closed-{}", std::process::id()));
+    let (tx, handle) = start_owner_thread(&dir, vec![pod("h", "uh"), pod("a", "ua")]);
+    let mut h = send_wait(&tx, 1, "h", "uh");
+    assert_eq!(next_reply(&mut h), GRANTED);
+    let mut a = send_wait(&tx, 2, "a", "ua");
+    assert!(matches!(next_reply(&mut a), Reply::Queued { position: 1, .. }));
+    drop(a);
+
+    // Within a few close checks the waiter is gone and its position remembered.
+    let summary = |tx: &Sender<SchedMsg>| {
+        let (status_tx, status_rx) = std::sync::mpsc::channel();
+        tx.send(SchedMsg::Status { replies: status_tx })
+            .expect("send");
+        let lines = status_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("status");
+        match lines.last() {
+            Some(StatusReply::Summary(summary)) => summary.clone(),
+            other => panic!("no summary: {other:?}"),
+        }
+    };
+    let give_up = Instant::now() + 25 * CLOSE_CHECK;
+    let mut last = summary(&tx);
+    while last.waiting > 0 && Instant::now() < give_up {
+        std::thread::sleep(CLOSE_CHECK / 4);
+        last = summary(&tx);
+    }
+    assert_eq!((last.waiting, last.remembered), (0, 1), "{last:?}");
     tx.send(SchedMsg::Shutdown).expect("send");
     handle.join().expect("thread ends");
     let _ = std::fs::remove_dir_all(&dir);
