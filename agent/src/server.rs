@@ -359,10 +359,8 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
         request: wait,
         replies: replier,
     };
-    if let Err(mpsc::SendError(message)) = scheduler.send(message) {
-        if let SchedMsg::Wait { mut replies, .. } = message {
-            let _ = replies.send(&Err(AgentError::ShuttingDown));
-        }
+    if let Err(mpsc::SendError(SchedMsg::Wait { mut replies, .. })) = scheduler.send(message) {
+        let _ = replies.send(&Err(AgentError::ShuttingDown));
     }
 }
 

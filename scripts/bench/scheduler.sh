@@ -6,21 +6,19 @@
 #                            the next waiter's plugin client returning "granted", with 500 waiters
 #                            queued on the agent's Unix socket, divided by one Unix-socket round
 #                            trip (a line out and a line back between two threads; the median of
-#                            2000 back to back) measured in the same run. Target <= 5.
+#                            2000 back to back) measured in the same run and placement. Target <= 5.
 #   grant_latency_p99_ratio  the same at the 99th percentile. Target <= 20 (issue #6).
 #
 # Everything runs in one process (agent/src/scheduler/tests/bench.rs, an ignored test): the real
-# scheduler thread with its state file, the real accept loop and connection threads, and 500
-# threads running the plugin's own wait_for_slot. Only the API server is left out, so the figure
-# is the agent's own share of the latency; log lines are formatted but not written. The "info"
-# lines give the microseconds behind the ratios.
+# scheduler thread with its state file, the real accept loop, and 500 threads running the plugin's
+# own wait_for_slot. Only the API server is left out, so the figure is the agent's own share of
+# the latency; log lines are formatted but not written.
 #
-# Read the "info" lines with the ratios. On this 2-core VM the baseline itself is unstable: 40-70
-# us back to back at times, 3 us at others, while the grant latency stays at 60-95 us (p50) and
-# 250-550 us (p99). Back to back the kernel hands the CPU straight from one thread to the other; a
-# grant wakes threads that slept (scheduler, connection, client), often on the other CPU. The
-# info lines give the grant latency in microseconds, a round trip taken right before each release
-# (socket_round_trip_hot_us) and an mpsc round trip. docs/decisions.md D16.
+# The threads are pinned with taskset, and the whole measurement runs twice: across two CPUs (the
+# agent's side on one, the plugins and the far end of the baseline on another) and on one CPU.
+# The figures are those across two CPUs; the "info" lines give the microseconds of both
+# placements, the one-CPU ratios, and round trips taken after a pause (as grants come), whose
+# tail shows how much of the grants' tail is the machine. docs/decisions.md D16.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

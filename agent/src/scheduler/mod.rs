@@ -163,7 +163,7 @@ pub fn run(
     state_file: Option<&Path>,
     mut on_ready: impl FnMut(),
 ) {
-    let mut clients = Clients::new(Instant::now());
+    let mut clients = Clients::new(Instant::now(), MAX_WAITING);
     let mut saver = Saver::new(state_file);
     loop {
         // 1. Take the next message; when there is none, write some position updates if any are
@@ -215,11 +215,9 @@ pub fn run(
                 conn,
                 request,
                 replies,
-            }) => {
-                if clients.admit(conn, replies, now) {
-                    scheduler.on_wait(conn, request, now);
-                }
-            }
+            }) => clients.admit(conn, replies, now, |conn| {
+                scheduler.on_wait(conn, request, now);
+            }),
             Some(SchedMsg::Status { replies }) => {
                 let _ = replies.send(scheduler.status(now));
             }
@@ -265,10 +263,12 @@ struct Clients {
     positions: HashMap<ConnId, Reply>,
     /// When the clients are next checked for a close.
     close_check: Instant,
+    /// At most this many waiting clients ([`MAX_WAITING`]).
+    max_waiting: usize,
 }
 
 /// How many position updates are written per idle turn of the scheduler thread.
-const POSITION_BATCH: usize = 16;
+const POSITION_BATCH: usize = 4;
 /// How often the waiting clients are checked for a close: the delay before a client that gave up
 /// leaves the queue (its position is remembered either way).
 pub const CLOSE_CHECK: Duration = Duration::from_millis(200);
@@ -277,27 +277,37 @@ pub const CLOSE_CHECK: Duration = Duration::from_millis(200);
 pub const MAX_WAITING: usize = 4096;
 
 impl Clients {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, max_waiting: usize) -> Self {
         Self {
             repliers: HashMap::new(),
             backlog: VecDeque::new(),
             positions: HashMap::new(),
             close_check: now + CLOSE_CHECK,
+            max_waiting,
         }
     }
 
-    /// Takes a new waiting client, or refuses it when [`MAX_WAITING`] are waiting already.
-    fn admit(&mut self, conn: ConnId, mut replies: Replier, now: Instant) -> bool {
-        if self.repliers.len() >= MAX_WAITING {
-            let busy = AgentError::TooManyConnections { limit: MAX_WAITING };
+    /// Takes a new waiting client and calls `queue` for it, or refuses it with `busy` when
+    /// [`MAX_WAITING`] are waiting already.
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        mut replies: Replier,
+        now: Instant,
+        queue: impl FnOnce(ConnId),
+    ) {
+        if self.repliers.len() >= self.max_waiting {
+            let busy = AgentError::TooManyConnections {
+                limit: self.max_waiting,
+            };
             let _ = replies.send(&Err(busy));
-            return false;
+            return;
         }
         if self.repliers.is_empty() {
             self.close_check = now + CLOSE_CHECK;
         }
         self.repliers.insert(conn, replies);
-        true
+        queue(conn);
     }
 
     /// When the clients are next checked for a close; `None` while nobody waits.

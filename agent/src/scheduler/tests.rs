@@ -1305,7 +1305,10 @@ fn owner_thread_lets_a_client_that_closed_leave_the_queue() {
     let mut h = send_wait(&tx, 1, "h", "uh");
     assert_eq!(next_reply(&mut h), GRANTED);
     let mut a = send_wait(&tx, 2, "a", "ua");
-    assert!(matches!(next_reply(&mut a), Reply::Queued { position: 1, .. }));
+    assert!(matches!(
+        next_reply(&mut a),
+        Reply::Queued { position: 1, .. }
+    ));
     drop(a);
 
     // Within a few close checks the waiter is gone and its position remembered.
@@ -1331,6 +1334,31 @@ fn owner_thread_lets_a_client_that_closed_leave_the_queue() {
     tx.send(SchedMsg::Shutdown).expect("send");
     handle.join().expect("thread ends");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn clients_beyond_the_cap_are_told_busy_and_not_queued() {
+    let now = Instant::now();
+    let mut clients = Clients::new(now, 1);
+    let mut queued = Vec::new();
+    let mut ends = Vec::new();
+    for conn in [1, 2] {
+        let (client, agent_side) = UnixStream::pair().expect("socket pair");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let replier = Replier::new(&agent_side).expect("replier");
+        clients.admit(conn, replier, now, |conn| queued.push(conn));
+        ends.push(BufReader::new(client));
+    }
+    assert_eq!(queued, [1]);
+    assert!(matches!(
+        next_reply(&mut ends[1]),
+        Reply::Error {
+            code: ErrorCode::Busy,
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -41,6 +41,7 @@ use crate::server::{self, Server};
 
 const WAITERS: usize = 500;
 const ROUND_TRIPS: usize = 2_000;
+const PAUSED_ROUND_TRIPS: usize = 500;
 /// Targets printed with the figures (checked by scripts/bench.sh, never by a test).
 const P50_TARGET: f64 = 5.0;
 const P99_TARGET: f64 = 20.0;
@@ -218,6 +219,9 @@ fn pin_this_thread(cpus: &str) {
 /// What one placement measured.
 struct Figures {
     rtt: Duration,
+    /// Round trips with a pause before each: median and 99th percentile.
+    paused_p50: Duration,
+    paused_p99: Duration,
     p50: Duration,
     p99: Duration,
     max: Duration,
@@ -266,6 +270,12 @@ fn grant_latency() {
             us(figures.p99),
             us(figures.max),
         );
+        println!(
+            "info {}: socket_round_trip_after_a_pause_p50_us {:.1} p99_us {:.1}",
+            placement.name(),
+            us(figures.paused_p50),
+            us(figures.paused_p99),
+        );
         if i == 0 {
             println!(
                 "figure grant_latency_p50_ratio {:.2} x target <= {P50_TARGET}",
@@ -300,6 +310,15 @@ fn measure(placement: Placement) -> Figures {
     }
     let mut round_trips: Vec<Duration> = (0..ROUND_TRIPS).map(|_| echo.round_trip()).collect();
     let rtt = percentile(&mut round_trips, 50);
+    // For reading the tail: round trips with a pause before each, as grants come.
+    let mut paused: Vec<Duration> = (0..PAUSED_ROUND_TRIPS)
+        .map(|_| {
+            thread::sleep(Duration::from_micros(200));
+            echo.round_trip()
+        })
+        .collect();
+    let paused_p50 = percentile(&mut paused, 50);
+    let paused_p99 = percentile(&mut paused, 99);
     drop(echo);
 
     // 2. The agent: scheduler thread, socket, accept loop; one slot, every pod known.
@@ -425,6 +444,8 @@ fn measure(placement: Placement) -> Figures {
 
     Figures {
         rtt,
+        paused_p50,
+        paused_p99,
         p50: percentile(&mut samples, 50),
         p99: percentile(&mut samples, 99),
         max: samples.last().copied().unwrap_or_default(),
