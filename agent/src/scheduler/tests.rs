@@ -1202,6 +1202,24 @@ fn next_reply(client: &mut BufReader<UnixStream>) -> Reply {
     Reply::decode(&line).expect("decodes")
 }
 
+/// The position in the next reply, which must be `QUEUED`.
+fn queued_position(client: &mut BufReader<UnixStream>) -> u32 {
+    match next_reply(client) {
+        Reply::Queued { position, .. } => position,
+        other => panic!("expected QUEUED, got {other:?}"),
+    }
+}
+
+/// The owner thread's answer to a `STATUS`.
+fn status_lines(tx: &Sender<SchedMsg>) -> Vec<StatusReply> {
+    let (status_tx, status_rx) = std::sync::mpsc::channel();
+    tx.send(SchedMsg::Status { replies: status_tx })
+        .expect("send");
+    status_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("status")
+}
+
 const GRANTED: Reply = Reply::Granted {
     reason: GrantReason::Slot,
 };
@@ -1213,17 +1231,9 @@ fn owner_thread_serves_messages_saves_state_and_stops() {
     let mut a = send_wait(&tx, 1, "a", "ua");
     assert_eq!(next_reply(&mut a), GRANTED);
     let mut b = send_wait(&tx, 2, "b", "ub");
-    assert!(matches!(
-        next_reply(&mut b),
-        Reply::Queued { position: 1, .. }
-    ));
+    assert_eq!(queued_position(&mut b), 1);
 
-    let (status_tx, status_rx) = std::sync::mpsc::channel();
-    tx.send(SchedMsg::Status { replies: status_tx })
-        .expect("send");
-    let lines = status_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("status");
+    let lines = status_lines(&tx);
     assert_eq!(lines.len(), 3);
 
     tx.send(SchedMsg::Shutdown).expect("send");
@@ -1254,15 +1264,9 @@ fn owner_thread_passes_a_grant_it_cannot_write_to_the_next_waiter() {
     let mut h = send_wait(&tx, 1, "h", "uh");
     assert_eq!(next_reply(&mut h), GRANTED);
     let mut a = send_wait(&tx, 2, "a", "ua");
-    assert!(matches!(
-        next_reply(&mut a),
-        Reply::Queued { position: 1, .. }
-    ));
+    assert_eq!(queued_position(&mut a), 1);
     let mut b = send_wait(&tx, 3, "b", "ub");
-    assert!(matches!(
-        next_reply(&mut b),
-        Reply::Queued { position: 2, .. }
-    ));
+    assert_eq!(queued_position(&mut b), 2);
 
     // a's client is gone: whether the scheduler finds the close first or the grant's write
     // fails, the slot goes to b.
@@ -1279,12 +1283,7 @@ fn owner_thread_passes_a_grant_it_cannot_write_to_the_next_waiter() {
     };
     assert_eq!(next, GRANTED);
 
-    let (status_tx, status_rx) = std::sync::mpsc::channel();
-    tx.send(SchedMsg::Status { replies: status_tx })
-        .expect("send");
-    let lines = status_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("status");
+    let lines = status_lines(&tx);
     let holders: Vec<_> = lines
         .iter()
         .filter_map(|line| match line {
@@ -1305,20 +1304,12 @@ fn owner_thread_lets_a_client_that_closed_leave_the_queue() {
     let mut h = send_wait(&tx, 1, "h", "uh");
     assert_eq!(next_reply(&mut h), GRANTED);
     let mut a = send_wait(&tx, 2, "a", "ua");
-    assert!(matches!(
-        next_reply(&mut a),
-        Reply::Queued { position: 1, .. }
-    ));
+    assert_eq!(queued_position(&mut a), 1);
     drop(a);
 
     // Within a few close checks the waiter is gone and its position remembered.
     let summary = |tx: &Sender<SchedMsg>| {
-        let (status_tx, status_rx) = std::sync::mpsc::channel();
-        tx.send(SchedMsg::Status { replies: status_tx })
-            .expect("send");
-        let lines = status_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("status");
+        let lines = status_lines(tx);
         match lines.last() {
             Some(StatusReply::Summary(summary)) => summary.clone(),
             other => panic!("no summary: {other:?}"),
