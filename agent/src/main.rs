@@ -7,7 +7,8 @@
 //! - `agent-watch`: lists and watches this node's pods (`kube`), sends changes to the scheduler;
 //! - `agent-sched`: owns all pacing state (`scheduler`), the only thread that changes it;
 //! - `agent-sock`: accepts connections on the Unix socket (`server`);
-//! - `agent-conn`: one per connection, relays one request to the scheduler and its replies back;
+//! - `agent-conn`: one per connection while its request is read; answers it, or hands a `WAIT` to
+//!   the scheduler, which writes its replies;
 //! - `agent-signal`: turns SIGTERM/SIGINT into an orderly stop, and SIGHUP into a re-read of the
 //!   `--config` file, whose limits `main` hands to the scheduler.
 //!
@@ -26,6 +27,7 @@ mod scheduler;
 mod server;
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn, LevelFilter};
 use pod_pacemaker::heartbeat;
+use pod_pacemaker::protocol::StatusReply;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -112,10 +115,20 @@ fn run(config: &Config) -> Result<(), AgentError> {
     let (main_tx, main_rx) = mpsc::channel::<MainEvent>();
     spawn_signal_thread(main_tx.clone())?;
 
-    // 3. The scheduler, then the watch that feeds it.
+    // 3. The scheduler, then the watch that feeds it. The socket's caps fit the open-file limit.
+    let capacity = server::Capacity::for_open_file_limit(server::open_file_limit());
+    if capacity != server::Capacity::for_open_file_limit(None) {
+        info!(
+            "the open-file limit allows at most {} connections being read and {} waiting clients",
+            capacity.connections, capacity.waiting
+        );
+    }
     let (sched_tx, sched_rx) = mpsc::channel::<SchedMsg>();
     let scheduler = Scheduler::new(
-        scheduler::Options::from_config(config),
+        scheduler::Options {
+            max_waiting: capacity.waiting,
+            ..scheduler::Options::from_config(config)
+        },
         limits,
         restore_state(config),
         Instant::now(),
@@ -152,7 +165,7 @@ fn run(config: &Config) -> Result<(), AgentError> {
     let (listener, socket) = server::bind(&config.socket)?;
     let _ = SOCKET.set(socket.clone());
     let guard = RemoveOnDrop(socket);
-    let server = Server::new();
+    let server = Server::new(capacity.connections);
     {
         let server = Arc::clone(&server);
         let sched_tx = sched_tx.clone();
@@ -200,7 +213,7 @@ fn wait_for_stop(events: &Receiver<MainEvent>, config: &Config, scheduler: &Send
 }
 
 /// SIGHUP: reads the `--config` file again and hands the new limits to the scheduler. A file that
-/// does not parse is logged and the running limits stay (FIELD.md W6).
+/// does not parse is logged and the running limits stay (docs/prior-art.md W6).
 fn reload(config: &Config, scheduler: &Sender<SchedMsg>) {
     let Some(path) = &config.config_file else {
         info!("SIGHUP without --config: nothing to reload");
@@ -239,9 +252,10 @@ fn restore_state(config: &Config) -> Option<scheduler::state::Restored> {
 fn print_status(socket: &std::path::Path) -> ExitCode {
     match server::query_status(socket) {
         Ok(lines) => {
-            for line in lines {
-                print!("{}", line.encode());
-            }
+            // A reader that stops early (`| head`) is not an error of the agent.
+            let text: String = lines.iter().map(StatusReply::encode).collect();
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
             ExitCode::SUCCESS
         }
         Err(err) => {

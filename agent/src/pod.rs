@@ -36,7 +36,7 @@ pub struct PodInfo {
     /// CNI ADD already. Used only to rebuild the holders when the agent starts.
     pub sandbox_started: bool,
     /// Every container status says `started`, and there is at least one (an empty list, as
-    /// before the kubelet's first status update, is never "started": FIELD.md W4, log entry 20).
+    /// before the kubelet's first status update, is never "started": docs/prior-art.md W4, F20).
     pub started: bool,
     /// Why a slot held by this pod is released now under the default `--release-on ready`;
     /// [`PodInfo::release_reason`] applies the option.
@@ -165,7 +165,7 @@ pub enum ReleaseReason {
     Lease,
     /// A container or init container cannot start (image pull failure, bad config, crash loop,
     /// failed init container). Such a pod may stay in this state for hours, so holding its slot
-    /// would block the node (FIELD.md W3).
+    /// would block the node (docs/prior-art.md W3).
     ContainerError,
     /// The GRANTED line could not be written: the client left, so the pod did not get the slot.
     Undelivered,

@@ -8,7 +8,7 @@
 //! socket this process made (a newer agent may have replaced it).
 //!
 //! The `agent-sock` thread accepts; each connection gets an `agent-conn` thread, up to
-//! [`MAX_CONNECTIONS`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
+//! [`Capacity::connections`] at once (beyond it: one `ERROR code=busy` and close). A connection reads the
 //! version line and one request within one deadline from the accept (`REQUEST_TIMEOUT`; a
 //! client dripping bytes cannot stretch it), answers `PING` itself, asks the scheduler
 //! for a `STATUS`, and hands a `WAIT` to the scheduler with a [`Replier`], then ends: the
@@ -37,8 +37,13 @@ use crate::error::{error_reply, AgentError};
 use crate::scheduler::{ConnId, ConnReply, SchedMsg};
 
 /// The most connections whose request is being read at once (a WAIT, once read, is held by the
-/// scheduler; `scheduler::MAX_WAITING` bounds those).
+/// scheduler; `scheduler::MAX_WAITING` bounds those), when the open-file limit allows.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// File descriptors kept for the agent's own files and API connections when the socket's caps
+/// are sized from the open-file limit.
+const RESERVED_FDS: u64 = 64;
+/// How often at most a refused or failed accept is logged; the count of the others goes with it.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client has to send its version line and request, in total from the accept: a client
 /// that drips one byte at a time cannot hold a connection longer than this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -161,20 +166,97 @@ fn remove_stale_socket(path: &Path) -> Result<(), AgentError> {
     }
 }
 
+/// How many clients the socket serves at once: connections whose request is being read, and
+/// waiting clients (held by the scheduler). Each costs a file descriptor (a connection briefly
+/// two, while its `WAIT` is handed over), so both are sized to fit the soft open-file limit: the
+/// agent answers `busy` rather than run out of descriptors for its own files and API calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub connections: usize,
+    pub waiting: usize,
+}
+
+impl Capacity {
+    /// The caps for a soft open-file limit of `limit` (`None`: unlimited or unknown): at most
+    /// [`MAX_CONNECTIONS`] and `scheduler::MAX_WAITING`, and otherwise a fifth of what is left
+    /// after [`RESERVED_FDS`] for connections (two descriptors each), the rest for waiters.
+    pub fn for_open_file_limit(limit: Option<u64>) -> Self {
+        let max_waiting = crate::scheduler::MAX_WAITING;
+        let Some(limit) = limit else {
+            return Self {
+                connections: MAX_CONNECTIONS,
+                waiting: max_waiting,
+            };
+        };
+        let usable = usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+        let connections = (usable / 5).clamp(1, MAX_CONNECTIONS);
+        let waiting = usable.saturating_sub(2 * connections).clamp(1, max_waiting);
+        Self {
+            connections,
+            waiting,
+        }
+    }
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits`; `None` when it is
+/// unlimited or cannot be read.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+/// The soft value of the "Max open files" line of a `/proc/<pid>/limits` text.
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let rest = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Logs a refusal at most every [`REFUSAL_LOG_INTERVAL`], with the number of those not logged.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn warn(&mut self, what: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        if self.unlogged > 0 {
+            warn!("{what} ({} more since the last such line)", self.unlogged);
+        } else {
+            warn!("{what}");
+        }
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 /// The accepting side of the server, shared by the `agent-sock` thread and `main`.
 #[derive(Debug)]
 pub struct Server {
     stopping: AtomicBool,
     active: AtomicUsize,
     next_conn: AtomicU64,
+    /// At most this many connections whose request is being read ([`Capacity::connections`]).
+    max_connections: usize,
 }
 
 impl Server {
-    pub fn new() -> Arc<Self> {
+    pub fn new(max_connections: usize) -> Arc<Self> {
         Arc::new(Self {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            max_connections,
         })
     }
 
@@ -191,7 +273,8 @@ impl Server {
 
     /// The accept loop; the body of the `agent-sock` thread.
     pub fn accept_loop(self: &Arc<Self>, listener: &UnixListener, scheduler: &Sender<SchedMsg>) {
-        let mut over_cap_logged = false;
+        let mut refusals = RefusalLog::default();
+        let mut accept_errors = RefusalLog::default();
         for stream in listener.incoming() {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -199,26 +282,21 @@ impl Server {
             let stream = match stream {
                 Ok(stream) => stream,
                 Err(err) => {
-                    warn!("accepting a connection failed: {err}");
+                    accept_errors.warn(&format_args!("accepting a connection failed: {err}"));
                     thread::sleep(ACCEPT_PAUSE);
                     continue;
                 }
             };
 
-            // Over the cap: one ERROR and close. Logged once per overload, not per connection.
-            if self.active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                if !over_cap_logged {
-                    warn!("{MAX_CONNECTIONS} connections open, refusing new ones");
-                    over_cap_logged = true;
-                }
-                let err = AgentError::TooManyConnections {
-                    limit: MAX_CONNECTIONS,
-                };
+            // Over the cap: one ERROR and close.
+            let limit = self.max_connections;
+            if self.active.load(Ordering::SeqCst) >= limit {
+                refusals.warn(&format_args!("{limit} connections open, refusing new ones"));
+                let err = AgentError::TooManyConnections { limit };
                 let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
                 let _ = write_reply(&stream, &error_reply(&err));
                 continue;
             }
-            over_cap_logged = false;
 
             let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
             let guard = ActiveGuard::new(Arc::clone(self));
@@ -395,13 +473,19 @@ impl Replier {
     /// read that returns end-of-file means it closed; bytes it sends anyway are dropped. (The
     /// plugin never shuts down only its writing half while it waits.)
     pub fn client_closed(&mut self) -> bool {
-        let mut buf = [0_u8; 256];
+        let mut buf = [0_u8; 4096];
         let mut reader = &self.stream;
-        match reader.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        // Up to 64 KiB per check, so that a client that keeps sending cannot hold the
+        // scheduler thread; a close behind more than that is found at a later check.
+        for _ in 0..16 {
+            match reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return err.kind() != ErrorKind::WouldBlock,
+            }
         }
+        false
     }
 }
 
@@ -714,6 +798,45 @@ mod tests {
     }
 
     #[test]
+    fn capacity_fits_the_open_file_limit() {
+        let full = Capacity {
+            connections: MAX_CONNECTIONS,
+            waiting: crate::scheduler::MAX_WAITING,
+        };
+        assert_eq!(Capacity::for_open_file_limit(None), full);
+        assert_eq!(Capacity::for_open_file_limit(Some(1_048_576)), full);
+        // 1024 (a container's usual soft limit): 960 usable, 192 connections of two each, 576
+        // waiters.
+        let small = Capacity::for_open_file_limit(Some(1024));
+        assert_eq!((small.connections, small.waiting), (192, 576));
+        assert!(2 * small.connections + small.waiting + 64 <= 1024);
+        // Absurdly low: still one of each.
+        let tiny = Capacity::for_open_file_limit(Some(10));
+        assert_eq!((tiny.connections, tiny.waiting), (1, 1));
+    }
+
+    #[test]
+    fn open_file_limit_is_the_soft_value() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63392                63392                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_file_limit(unlimited), None);
+        assert_eq!(parse_open_file_limit(""), None);
+    }
+
+    #[test]
+    fn a_close_behind_stray_bytes_is_found() {
+        let (client, server) = UnixStream::pair().expect("pair");
+        let mut replier = Replier::new(&server).expect("replier");
+        (&client).write_all(&[b'x'; 20_000]).expect("write");
+        drop(client);
+        assert!(replier.client_closed());
+    }
+
+    #[test]
     fn replier_fails_when_the_client_is_gone() {
         let (client, server) = UnixStream::pair().expect("pair");
         let mut replier = Replier::new(&server).expect("replier");
@@ -785,7 +908,7 @@ mod tests {
         let dir = temp_dir("accept");
         let path = dir.join("s.sock");
         let (listener, file) = bind(&path).expect("binds");
-        let server = Server::new();
+        let server = Server::new(MAX_CONNECTIONS);
         let (tx, _rx) = mpsc::channel::<SchedMsg>();
         let acceptor = {
             let server = Arc::clone(&server);
@@ -844,7 +967,7 @@ mod tests {
         let dir = temp_dir("mixed");
         let path = dir.join("s.sock");
         let (listener, file) = bind(&path).expect("binds");
-        let server = Server::new();
+        let server = Server::new(MAX_CONNECTIONS);
         let (tx, rx) = mpsc::channel::<SchedMsg>();
         let options = Options {
             lease: Duration::from_secs(300),
@@ -855,6 +978,7 @@ mod tests {
             position_interval: Duration::ZERO,
             position_memory: scheduler::POSITION_MEMORY,
             max_remembered: scheduler::MAX_REMEMBERED,
+            max_waiting: scheduler::MAX_WAITING,
             restart_grace: scheduler::RESTART_GRACE,
         };
         let limits = Limits {

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The gates a grant must pass, shaped like `PacemakerConfig.spec.throttleConfig` of the Go
-//! implementation (FIELD.md §1.2), so that the CRD of a later issue maps onto it field by field.
+//! implementation (docs/configuration.md), so that the CRD of a later issue maps onto it field by field.
 //!
 //! [`ThrottleConfig`] is what the operator wrote: `maxConcurrent.value` or
 //! `maxConcurrent.perCore`, and an optional `rateLimit` (`fillFactor` as a Go duration string,
 //! `burst`). [`ThrottleConfig::resolve`] turns it into the [`Limits`] of this node: `perCore` is
 //! multiplied by the node's CPUs as `/sys/devices/system/cpu/online` (or `/proc/cpuinfo`) counts
 //! them, never by the agent's own CPU affinity, which the static CPU manager shrinks
-//! (FIELD.md W16). The file given by `--config` holds `{"throttleConfig": {...}}`; it is read at
+//! (docs/prior-art.md W16). The file given by `--config` holds `{"throttleConfig": {...}}`; it is read at
 //! start and again on SIGHUP. Everything here is parsing and arithmetic; the only I/O is reading
 //! that file and the two CPU files.
 
@@ -286,7 +286,7 @@ pub fn parse_json(text: &str) -> Result<ThrottleConfig, ThrottleError> {
 }
 
 /// A `fillFactor`: a Go duration above zero. Zero would mean "no limit" in the Go
-/// implementation, which accepted it silently (FIELD.md W6); here it is an error.
+/// implementation, which accepted it silently (docs/prior-art.md W6); here it is an error.
 pub fn parse_fill_factor(text: &str) -> Result<Duration, &'static str> {
     match parse_go_duration(text)? {
         d if d.is_zero() => Err("must be above zero (leave rateLimit out for no rate limit)"),

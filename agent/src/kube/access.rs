@@ -6,7 +6,7 @@
 //! [`TokenSource`] reads lazily: a file-backed token is checked for a change (size, mtime, inode:
 //! the kubelet replaces projected tokens by swapping a symlink) before every request and read
 //! again when it changed or when the server answered 401, so a rotated bound token is picked up
-//! without a restart (FIELD.md log entry 18). The token lives in a [`BearerToken`] whose `Debug`
+//! without a restart (docs/prior-art.md F18). The token lives in a [`BearerToken`] whose `Debug`
 //! and `Display` print a placeholder, and the header built from it is marked sensitive, so it
 //! never reaches a log line (STYLE.md habit 8).
 

@@ -9,7 +9,7 @@
 //!   the last resource version seen (event or bookmark); nothing is missed, nothing relisted;
 //! - 410 Gone (the version was compacted away): relist at once. The scheduler replaces its cache
 //!   with the list, which is how deletions during the gap are found (there are no tombstones to
-//!   mishandle, FIELD.md W7 and log entry 15); this loop logs what the relist changed;
+//!   mishandle, docs/prior-art.md W7, F15); this loop logs what the relist changed;
 //! - a watch that delivers no byte for the silence bound is dead (half-open after an API server
 //!   restart): it is dropped and reopened from the last version;
 //! - any other failure (connect, TLS, 401, 429, 5xx, a broken event): wait out a capped, jittered

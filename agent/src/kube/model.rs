@@ -272,7 +272,7 @@ impl Pod {
 /// Whether the pod's sandbox exists (an IP, or a container that was created or ran), and whether
 /// every container has started. The kubelet lists a container as waiting in `ContainerCreating`
 /// before the sandbox exists, while the ADD is still blocked in the plugin, so a status alone is
-/// no evidence; neither is an empty status list ever "started" (FIELD.md W4, log entry 20).
+/// no evidence; neither is an empty status list ever "started" (docs/prior-art.md W4, F20).
 fn container_facts(status: &PodStatus) -> (bool, bool) {
     let regular = status.container_statuses.as_deref().unwrap_or_default();
     let init = status

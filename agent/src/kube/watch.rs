@@ -10,7 +10,7 @@
 //! whether to watch again or relist. Because they only need a reader, the tests feed them byte
 //! strings; the TLS transport lives in `kube/client.rs`.
 //!
-//! One pod that does not decode never stops the agent (FIELD.md W6): in a list it is left out,
+//! One pod that does not decode never stops the agent (docs/prior-art.md W6): in a list it is left out,
 //! and in a watch event it is reported as gone when its UID can still be read. Both mean the
 //! scheduler forgets it and frees any slot it held, which is the same outcome either way.
 
@@ -243,7 +243,7 @@ struct ListMeta {
 }
 
 /// Decodes one page of a pod list from `reader`, an item at a time. A pod that does not decode is
-/// logged and left out, so one bad object cannot stop the agent from syncing (FIELD.md W6).
+/// logged and left out, so one bad object cannot stop the agent from syncing (docs/prior-art.md W6).
 pub fn decode_list(reader: impl Read, node: &str) -> Result<ListPage, KubeError> {
     let mut deserializer = serde_json::Deserializer::from_reader(reader);
     let page = ListSeed { node }

@@ -10,7 +10,7 @@
 //!   `metadata.resourceVersion` as a precondition. If someone else wrote the Node in between, the
 //!   API server answers 409 Conflict and the edit starts over from a fresh GET, a few times
 //!   ([`KubeClient::edit_node_taints`]). A conflict is an expected outcome, never a crash
-//!   (FIELD.md W20: the Go agent died on it).
+//!   (docs/prior-art.md W20: the Go agent died on it).
 //!
 //! [`KubeClient::patch_node`] sends any merge or JSON patch as given; a 409 comes back as an error
 //! for the caller to handle. Events ([`KubeClient::create_event`]) get a unique name; a name clash

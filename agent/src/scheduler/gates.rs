@@ -4,9 +4,9 @@
 //! [`Gates::try_acquire`] takes what each gate gives, in order, and when a later gate refuses it
 //! gives back what the earlier ones took, so a refused grant costs nothing (the Go
 //! implementation kept a spent token and a held slot when a later throttler timed out,
-//! FIELD.md W14). [`Gates::set_limits`] swaps in new limits without touching the holders: the
+//! docs/prior-art.md W14). [`Gates::set_limits`] swaps in new limits without touching the holders: the
 //! concurrency limit applies from the next grant, and the bucket keeps its tokens up to the new
-//! burst (FIELD.md W5). Time comes in as an argument; nothing here reads a clock.
+//! burst (docs/prior-art.md W5). Time comes in as an argument; nothing here reads a clock.
 
 use std::time::{Duration, Instant};
 

@@ -29,14 +29,14 @@
 //! frees its slot and puts the entry back at its old position.
 //!
 //! Slots are keyed by pod UID, so a pod that reuses an old pod's name (a StatefulSet) never
-//! shares or frees the old pod's slot (FIELD.md W10). A slot is released by the rules of
+//! shares or frees the old pod's slot (docs/prior-art.md W10). A slot is released by the rules of
 //! [`PodInfo::release_reason`], by deletion, by the pod missing from a relist, or by the lease;
 //! each release logs one `release pod=... uid=... reason=...` line.
 //!
 //! On start, before the socket is served, the first pod list rebuilds the holders: those in the
 //! state file whose pods still need them, and every pod of the node whose sandbox exists and that
 //! no rule frees, oldest first; that may exceed the limit, and nothing is granted until enough are
-//! released (FIELD.md W8). The queue comes back from the state file too; the clients that were
+//! released (docs/prior-art.md W8). The queue comes back from the state file too; the clients that were
 //! waiting get [`RESTART_GRACE`] to reconnect, and the entries behind one that has not are not
 //! served meanwhile, so they are granted in their old order whatever order they reconnect in.
 
@@ -135,6 +135,9 @@ pub struct Options {
     pub position_memory: Duration,
     /// At most this many remembered positions ([`MAX_REMEMBERED`]).
     pub max_remembered: usize,
+    /// At most this many clients waiting at once ([`MAX_WAITING`], or fewer to fit the open-file
+    /// limit: `server::Capacity`).
+    pub max_waiting: usize,
     pub restart_grace: Duration,
 }
 
@@ -149,6 +152,7 @@ impl Options {
             position_interval: POSITION_INTERVAL,
             position_memory: POSITION_MEMORY,
             max_remembered: MAX_REMEMBERED,
+            max_waiting: MAX_WAITING,
             restart_grace: RESTART_GRACE,
         }
     }
@@ -163,7 +167,7 @@ pub fn run(
     state_file: Option<&Path>,
     mut on_ready: impl FnMut(),
 ) {
-    let mut clients = Clients::new(Instant::now(), MAX_WAITING);
+    let mut clients = Clients::new(Instant::now(), scheduler.options.max_waiting);
     let mut saver = Saver::new(state_file);
     loop {
         // 1. Take the next message; when there is none, write some position updates if any are
@@ -215,9 +219,7 @@ pub fn run(
                 conn,
                 request,
                 replies,
-            }) => clients.admit(conn, replies, now, |conn| {
-                scheduler.on_wait(conn, request, now);
-            }),
+            }) => clients.admit(&mut scheduler, conn, request, replies, now),
             Some(SchedMsg::Status { replies }) => {
                 let _ = replies.send(scheduler.status(now));
             }
@@ -287,27 +289,31 @@ impl Clients {
         }
     }
 
-    /// Takes a new waiting client and calls `queue` for it, or refuses it with `busy` when
-    /// [`MAX_WAITING`] are waiting already.
+    /// Takes a client's `WAIT`. One that is not answered at once (a pod that passes, a retried
+    /// ADD of a holder) but would wait beyond the cap on waiting clients gets `busy` and leaves
+    /// again, its position remembered for when it comes back.
     fn admit(
         &mut self,
+        scheduler: &mut Scheduler,
         conn: ConnId,
-        mut replies: Replier,
+        request: WaitRequest,
+        replies: Replier,
         now: Instant,
-        queue: impl FnOnce(ConnId),
     ) {
-        if self.repliers.len() >= self.max_waiting {
-            let busy = AgentError::TooManyConnections {
-                limit: self.max_waiting,
-            };
-            let _ = replies.send(&Err(busy));
-            return;
-        }
         if self.repliers.is_empty() {
             self.close_check = now + CLOSE_CHECK;
         }
         self.repliers.insert(conn, replies);
-        queue(conn);
+        scheduler.on_wait(conn, request, now);
+        self.deliver(scheduler, now, false);
+        if self.repliers.len() > self.max_waiting && self.repliers.contains_key(&conn) {
+            let busy = AgentError::TooManyConnections {
+                limit: self.max_waiting,
+            };
+            self.write(scheduler, conn, &Err(busy), now, false);
+            scheduler.on_gone(conn, now);
+            self.deliver(scheduler, now, false);
+        }
     }
 
     /// When the clients are next checked for a close; `None` while nobody waits.

@@ -4,7 +4,7 @@
 //! An [`Entry`] is one pod. While a client waits for it, it carries a [`Waiting`]; when the client
 //! leaves (closed, timed out, or the agent restarted) the entry stays as a remembered position for
 //! a bounded time, so that the runtime's retry of the same pod takes the place it had
-//! (FIELD.md W9). The order is [`Entry::key`]: higher `spec.priority` first, then the instant the
+//! (docs/prior-art.md W9). The order is [`Entry::key`]: higher `spec.priority` first, then the instant the
 //! agent first saw a request for the pod, then the pod's creation time, then a sequence number
 //! that makes the order total. The queue is a vector kept sorted by that key: a node has at most a
 //! few thousand entries, and every operation that walks it walks it once.

@@ -73,6 +73,7 @@ fn options() -> Options {
         position_interval: Duration::ZERO,
         position_memory: POSITION_MEMORY,
         max_remembered: MAX_REMEMBERED,
+        max_waiting: MAX_WAITING,
         restart_grace: RESTART_GRACE,
     }
 }
@@ -1327,29 +1328,64 @@ fn owner_thread_lets_a_client_that_closed_leave_the_queue() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn clients_beyond_the_cap_are_told_busy_and_not_queued() {
-    let now = Instant::now();
-    let mut clients = Clients::new(now, 1);
-    let mut queued = Vec::new();
-    let mut ends = Vec::new();
-    for conn in [1, 2] {
-        let (client, agent_side) = UnixStream::pair().expect("socket pair");
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let replier = Replier::new(&agent_side).expect("replier");
-        clients.admit(conn, replier, now, |conn| queued.push(conn));
-        ends.push(BufReader::new(client));
-    }
-    assert_eq!(queued, [1]);
-    assert!(matches!(
-        next_reply(&mut ends[1]),
+/// A client's end of a socket pair whose other end the scheduler writes to.
+fn client_pair() -> (BufReader<UnixStream>, Replier) {
+    let (client, agent_side) = UnixStream::pair().expect("socket pair");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let replier = Replier::new(&agent_side).expect("replier");
+    (BufReader::new(client), replier)
+}
+
+fn is_busy(reply: &Reply) -> bool {
+    matches!(
+        reply,
         Reply::Error {
             code: ErrorCode::Busy,
             ..
         }
-    ));
+    )
+}
+
+#[test]
+fn beyond_the_cap_a_client_that_would_wait_is_told_busy_but_one_that_passes_is_not() {
+    let now = Instant::now();
+    let mut s = synced(1, now);
+    let skipped = PodInfo {
+        skip: Some(SkipReason::Annotation),
+        ..pod("s", "us")
+    };
+    for p in [pod("h", "uh"), pod("a", "ua"), pod("b", "ub"), skipped] {
+        s.on_pod_upsert(p, now);
+    }
+    let mut clients = Clients::new(now, 1);
+    let mut admit = |s: &mut Scheduler, conn, name: &str, uid: &str| {
+        let (client, replier) = client_pair();
+        clients.admit(s, conn, wait(name, Some(uid)), replier, now);
+        client
+    };
+    // h holds the slot; a waits and fills the one waiting place.
+    let mut h = admit(&mut s, 1, "h", "uh");
+    assert_eq!(next_reply(&mut h), GRANTED);
+    let _a = admit(&mut s, 2, "a", "ua");
+    assert_eq!(queued_names(&s, now), ["a"]);
+
+    // b would wait too: busy, and its place is remembered for its retry.
+    let mut b = admit(&mut s, 3, "b", "ub");
+    assert!(is_busy(&next_reply(&mut b)));
+    assert_eq!(queued_names(&s, now), ["a"]);
+
+    // A pod that passes, and the holder's retried ADD, are answered at once all the same.
+    let mut skip = admit(&mut s, 4, "s", "us");
+    assert_eq!(
+        next_reply(&mut skip),
+        Reply::Granted {
+            reason: GrantReason::Skip
+        }
+    );
+    let mut again = admit(&mut s, 5, "h", "uh");
+    assert_eq!(next_reply(&mut again), GRANTED);
 }
 
 #[test]

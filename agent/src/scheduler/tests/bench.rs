@@ -340,6 +340,7 @@ fn measure(placement: Placement) -> Figures {
                 position_interval: POSITION_INTERVAL,
                 position_memory: POSITION_MEMORY,
                 max_remembered: MAX_REMEMBERED,
+                max_waiting: MAX_WAITING,
                 restart_grace: RESTART_GRACE,
             };
             let s = Scheduler::new(config_defaults, limits(1), None, Instant::now());
@@ -354,7 +355,7 @@ fn measure(placement: Placement) -> Figures {
     ready_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("synced");
-    let server = Server::new();
+    let server = Server::new(server::MAX_CONNECTIONS);
     let acceptor = {
         let server = Arc::clone(&server);
         let tx = tx.clone();

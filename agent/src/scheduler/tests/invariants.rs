@@ -148,6 +148,7 @@ impl World {
             // can keep every arrival.
             position_memory: Duration::from_secs(100_000),
             max_remembered: MAX_REMEMBERED,
+            max_waiting: MAX_WAITING,
             restart_grace: RESTART_GRACE,
         };
         let limits = random_limits(&mut rng);
