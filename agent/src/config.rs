@@ -9,6 +9,7 @@
 //! mount). Every error names the flag; `main` prints it and exits with status 2. The environment is
 //! passed in as a function so tests do not touch the process environment.
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -85,7 +86,7 @@ pub enum ConfigError {
     BadValue {
         flag: &'static str,
         value: String,
-        problem: &'static str,
+        problem: Cow<'static, str>,
     },
     /// The `--config` file does not parse or holds a bad value.
     ConfigFile {
@@ -170,7 +171,7 @@ options:
   --state-file PATH    queue and holders kept across restarts
                        (default: agent-state.json next to the socket)
   --api-server URL     API server (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
-  --token-file PATH    bearer token, re-read for every request
+  --token-file PATH    bearer token, read again when the file changes or after a 401
                        (default: /var/run/secrets/kubernetes.io/serviceaccount/token)
   --ca-file PATH       the only CA trusted for the API server
                        (default: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
@@ -306,7 +307,7 @@ pub fn parse(
                 return Err(ConfigError::BadValue {
                     flag: "--release-on",
                     value: other.to_owned(),
-                    problem: "must be ready or started",
+                    problem: "must be ready or started".into(),
                 })
             }
         },
@@ -332,7 +333,7 @@ pub fn parse(
                 return Err(ConfigError::BadValue {
                     flag: "--unknown-pod-policy",
                     value: other.to_owned(),
-                    problem: "must be pace or skip",
+                    problem: "must be pace or skip".into(),
                 })
             }
         },
@@ -399,7 +400,7 @@ fn throttle_settings(raw: &mut RawArgs) -> Result<(ThrottleConfig, Option<PathBu
                 return Err(ConfigError::BadValue {
                     flag: "--max-concurrent-per-core",
                     value,
-                    problem,
+                    problem: problem.into(),
                 })
             }
         },
@@ -425,7 +426,7 @@ fn throttle_settings(raw: &mut RawArgs) -> Result<(ThrottleConfig, Option<PathBu
                     return Err(ConfigError::BadValue {
                         flag: "--rate-fill-factor",
                         value: fill,
-                        problem,
+                        problem: problem.into(),
                     })
                 }
             };
@@ -452,7 +453,7 @@ fn boolean(flag: &'static str, value: Option<String>, default: bool) -> Result<b
         Some(_) => Err(ConfigError::BadValue {
             flag,
             value: value.unwrap_or_default(),
-            problem: "must be true or false",
+            problem: "must be true or false".into(),
         }),
     }
 }
@@ -473,7 +474,7 @@ fn namespace_list(value: String) -> Result<Vec<String>, ConfigError> {
             return Err(ConfigError::BadValue {
                 flag: "--namespace-exclusions",
                 value,
-                problem: "must be namespace names separated by commas",
+                problem: "must be namespace names separated by commas".into(),
             });
         }
         names.push(name.to_owned());
@@ -557,17 +558,17 @@ fn check_node_name(flag: &'static str, name: String) -> Result<String, ConfigErr
         Some(problem) => Err(ConfigError::BadValue {
             flag,
             value: name,
-            problem,
+            problem: problem.into(),
         }),
         None => Ok(name),
     }
 }
 
 fn check_api_server(url: String) -> Result<String, ConfigError> {
-    let bad = |problem| ConfigError::BadValue {
+    let bad = |problem: &'static str| ConfigError::BadValue {
         flag: "--api-server",
         value: url.clone(),
-        problem,
+        problem: problem.into(),
     };
     let Some(rest) = url.strip_prefix("https://") else {
         return Err(bad("must start with https://"));
@@ -617,7 +618,7 @@ fn path_or(
         Some(value) if value.is_empty() => Err(ConfigError::BadValue {
             flag,
             value,
-            problem: "must not be empty",
+            problem: "must not be empty".into(),
         }),
         Some(value) => Ok(PathBuf::from(value)),
     }
@@ -630,7 +631,7 @@ fn number_or<N>(
     max: N,
 ) -> Result<N, ConfigError>
 where
-    N: std::str::FromStr + PartialOrd + From<u8>,
+    N: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display,
 {
     let Some(value) = value else {
         return Ok(default);
@@ -646,7 +647,7 @@ where
         _ => Err(ConfigError::BadValue {
             flag,
             value,
-            problem: "must be a whole number from 1 up (see --help for the maximum)",
+            problem: format!("must be a whole number from 1 to {max}").into(),
         }),
     }
 }
@@ -672,7 +673,7 @@ fn number_in(
         _ => Err(ConfigError::BadValue {
             flag,
             value,
-            problem: "must be a whole number in the range --help gives",
+            problem: format!("must be a whole number from {min} to {max}").into(),
         }),
     }
 }
@@ -688,7 +689,7 @@ fn parse_level(value: String) -> Result<LevelFilter, ConfigError> {
             return Err(ConfigError::BadValue {
                 flag: "--log-level",
                 value,
-                problem: "must be error, warn, info, debug or trace",
+                problem: "must be error, warn, info, debug or trace".into(),
             })
         }
     };

@@ -286,7 +286,7 @@ cleanup_pods() {
   local t0="${SECONDS}"
   wait_until 30 is_ready excluded kube-system
   wait_until 30 is_ready annotated
-  realnode_diag "skip: kube-system and annotated pods Ready in $((SECONDS - t0))s with both slots held"
+  realnode_diag "kube-system and skip-annotated pods Ready in $((SECONDS - t0))s with both slots held"
   # The slots were full all along: the ordinary pod still has no sandbox network.
   run pod_ip queued
   assert_output ""
