@@ -173,14 +173,10 @@ pub fn run(
         // 1. Take the next message; when there is none, write some position updates if any are
         //    pending, or else save the state if it is time, then sleep until a message arrives or
         //    the next deadline (or save) is due.
-        let mut idle_turn = false;
         let message = match messages.try_recv() {
             Ok(message) => Some(message),
             Err(TryRecvError::Disconnected) => Some(SchedMsg::Shutdown),
-            Err(TryRecvError::Empty) if clients.has_backlog() => {
-                idle_turn = true;
-                None
-            }
+            Err(TryRecvError::Empty) if clients.position_due(Instant::now()) => None,
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
                 let save_due = saver.maybe_save(&mut scheduler, now);
@@ -189,6 +185,7 @@ pub fn run(
                     .into_iter()
                     .chain(save_due)
                     .chain(clients.next_close_check())
+                    .chain(clients.next_position())
                     .min()
                     .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
                     .min(IDLE_WAKEUP);
@@ -202,6 +199,7 @@ pub fn run(
 
         // 2. Apply it.
         let now = Instant::now();
+        let idle_turn = message.is_none();
         let mut stop = false;
         match message {
             Some(SchedMsg::Kube(KubeEvent::Resynced(pods))) => {
@@ -253,9 +251,9 @@ pub fn run(
 /// The waiting clients' [`Replier`]s, and the position updates not written yet.
 ///
 /// Final replies (a grant, an error) are written as soon as the scheduler makes them. Position
-/// updates are written only on a turn when no message is waiting, [`POSITION_BATCH`] at a time,
-/// so that a release arriving while hundreds of waiters move up is not queued behind their
-/// updates. Only a client's latest position is kept, and it is dropped when a final reply
+/// updates are written only on a turn when no message is waiting, one per [`POSITION_SPACING`] at
+/// most, so that a release arriving while hundreds of waiters move up is neither queued behind
+/// their updates nor left to compete with hundreds of plugins woken at once to read them. Only a client's latest position is kept, and it is dropped when a final reply
 /// overtakes it. Every [`CLOSE_CHECK`] each client is checked for a close; one that closed, or
 /// that a reply cannot be written to, leaves the queue (`Scheduler::on_gone`).
 struct Clients {
@@ -265,12 +263,15 @@ struct Clients {
     positions: HashMap<ConnId, Reply>,
     /// When the clients are next checked for a close.
     close_check: Instant,
+    /// Not before this instant is the next position update written.
+    position_at: Instant,
     /// At most this many waiting clients ([`MAX_WAITING`]).
     max_waiting: usize,
 }
 
-/// How many position updates are written per idle turn of the scheduler thread.
-const POSITION_BATCH: usize = 4;
+/// The least time between two position updates, to any clients: a node's plugins are woken for
+/// their positions at most a thousand times a second in all.
+const POSITION_SPACING: Duration = Duration::from_millis(1);
 /// How often the waiting clients are checked for a close: the delay before a client that gave up
 /// leaves the queue (its position is remembered either way).
 pub const CLOSE_CHECK: Duration = Duration::from_millis(200);
@@ -285,6 +286,7 @@ impl Clients {
             backlog: VecDeque::new(),
             positions: HashMap::new(),
             close_check: now + CLOSE_CHECK,
+            position_at: now,
             max_waiting,
         }
     }
@@ -337,8 +339,13 @@ impl Clients {
         self.deliver(scheduler, now, false);
     }
 
-    fn has_backlog(&self) -> bool {
-        !self.positions.is_empty()
+    /// When the next position update may be written; `None` while none is pending.
+    fn next_position(&self) -> Option<Instant> {
+        (!self.positions.is_empty()).then_some(self.position_at)
+    }
+
+    fn position_due(&self, now: Instant) -> bool {
+        self.next_position().is_some_and(|at| now >= at)
     }
 
     fn forget(&mut self, conn: ConnId) {
@@ -380,16 +387,16 @@ impl Clients {
         }
     }
 
-    /// Writes up to [`POSITION_BATCH`] pending position updates, oldest first.
+    /// Writes the oldest pending position update, if one is due.
     fn write_positions(&mut self, scheduler: &mut Scheduler, now: Instant) {
-        let mut written = 0;
-        while written < POSITION_BATCH {
-            let Some(conn) = self.backlog.pop_front() else {
-                break;
-            };
+        if !self.position_due(now) {
+            return;
+        }
+        while let Some(conn) = self.backlog.pop_front() {
             if let Some(position) = self.positions.remove(&conn) {
                 self.write(scheduler, conn, &Ok(position), now, false);
-                written += 1;
+                self.position_at = now + POSITION_SPACING;
+                break;
             }
         }
         if self.positions.is_empty() {
