@@ -30,27 +30,7 @@ MISSING_IMAGE=localhost/ppm-does-not-exist:dev
 workload_pod() {
   local annotations="{}"
   [[ -z "${5:-}" ]] || annotations="$5"
-  kc apply -f - <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: ${3:-default}
-  labels: {test: realnode}
-  annotations: ${annotations}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: work
-    image: ${4:-${WORKLOAD}}
-    imagePullPolicy: IfNotPresent
-    env:
-    - {name: WORK_SECONDS, value: "$2"}
-    readinessProbe:
-      exec: {command: ["/workload", "-ready-file", "/tmp/ready", "-check"]}
-      periodSeconds: 1
-      failureThreshold: 100000
-EOF
+  workload_pod_apply "$1" "$2" "${3:-default}" "${4:-${WORKLOAD}}" "{test: realnode}" "${annotations}"
 }
 
 # workload_deployment NAME WORK_SECONDS: a Deployment with 0 replicas of the workload.

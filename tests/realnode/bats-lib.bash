@@ -252,6 +252,33 @@ pacemaker_ensure() {
     fail "realnode.sh pacemaker on --limit $1 failed (see ${REALNODE_TEST_LOG})"
 }
 
+# workload_pod_apply NAME WORK_SECONDS NAMESPACE IMAGE LABELS_FLOW_MAP ANNOTATIONS_FLOW_MAP: a bare pod
+# whose container (the workload image) does WORK_SECONDS of CPU work, then passes its exec
+# readiness probe. Each bats file wraps it with its own labels.
+workload_pod_apply() {
+  kc apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: $3
+  labels: $5
+  annotations: $6
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: work
+    image: $4
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: WORK_SECONDS, value: "$2"}
+    readinessProbe:
+      exec: {command: ["/workload", "-ready-file", "/tmp/ready", "-check"]}
+      periodSeconds: 1
+      failureThreshold: 100000
+EOF
+}
+
 # wait_until SECONDS CMD...: poll CMD every 0.5 s; fails the test with CMD's last output after
 # SECONDS.
 wait_until() {

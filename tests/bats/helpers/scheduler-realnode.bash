@@ -10,26 +10,8 @@ SCHEDR_MISSING_IMAGE=localhost/ppm-does-not-exist:dev
 # schedr_pod NAME WORK_SECONDS [IMAGE [GROUP]]: a bare pod whose container works WORK_SECONDS of CPU,
 # then passes its exec readiness probe; labelled test=scheduler-realnode and group=GROUP.
 schedr_pod() {
-  kc apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: default
-  labels: {test: scheduler-realnode, group: ${4:-none}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: work
-    image: ${3:-${SCHEDR_WORKLOAD}}
-    imagePullPolicy: IfNotPresent
-    env:
-    - {name: WORK_SECONDS, value: "$2"}
-    readinessProbe:
-      exec: {command: ["/workload", "-ready-file", "/tmp/ready", "-check"]}
-      periodSeconds: 1
-      failureThreshold: 100000
-EOF
+  workload_pod_apply "$1" "$2" default "${3:-${SCHEDR_WORKLOAD}}" \
+    "{test: scheduler-realnode, group: ${4:-none}}" "{}" >/dev/null
 }
 
 schedr_cleanup() {
