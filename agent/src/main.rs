@@ -165,7 +165,7 @@ fn run(config: &Config) -> Result<(), AgentError> {
     let (listener, socket) = server::bind(&config.socket)?;
     let _ = SOCKET.set(socket.clone());
     let guard = RemoveOnDrop(socket);
-    let server = Server::new(capacity.connections);
+    let server = Server::new(capacity);
     {
         let server = Arc::clone(&server);
         let sched_tx = sched_tx.clone();
@@ -252,11 +252,17 @@ fn restore_state(config: &Config) -> Option<scheduler::state::Restored> {
 fn print_status(socket: &std::path::Path) -> ExitCode {
     match server::query_status(socket) {
         Ok(lines) => {
-            // A reader that stops early (`| head`) is not an error of the agent.
             let text: String = lines.iter().map(StatusReply::encode).collect();
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            ExitCode::SUCCESS
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // A reader that stops early (`| head`) is not a failure.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("pod-pacemaker-agent: writing the status: {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(err) => {
             eprintln!("pod-pacemaker-agent: {err}");

@@ -215,13 +215,13 @@ fn parse_open_file_limit(limits: &str) -> Option<u64> {
 
 /// Logs a refusal at most every [`REFUSAL_LOG_INTERVAL`], with the number of those not logged.
 #[derive(Debug, Default)]
-struct RefusalLog {
+pub struct RefusalLog {
     last: Option<Instant>,
     unlogged: u64,
 }
 
 impl RefusalLog {
-    fn warn(&mut self, what: &dyn std::fmt::Display) {
+    pub fn warn(&mut self, what: &dyn std::fmt::Display) {
         let now = Instant::now();
         if self
             .last
@@ -248,15 +248,22 @@ pub struct Server {
     next_conn: AtomicU64,
     /// At most this many connections whose request is being read ([`Capacity::connections`]).
     max_connections: usize,
+    /// Accepted sockets not closed yet: being read, on their way to the scheduler, or waiting.
+    open: AtomicUsize,
+    /// At most this many of them (both caps of [`Capacity`] together), so that sockets queued
+    /// for a scheduler that falls behind cannot run the agent out of descriptors either.
+    max_open: usize,
 }
 
 impl Server {
-    pub fn new(max_connections: usize) -> Arc<Self> {
+    pub fn new(capacity: Capacity) -> Arc<Self> {
         Arc::new(Self {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
-            max_connections,
+            max_connections: capacity.connections,
+            open: AtomicUsize::new(0),
+            max_open: capacity.connections + capacity.waiting,
         })
     }
 
@@ -275,6 +282,7 @@ impl Server {
     pub fn accept_loop(self: &Arc<Self>, listener: &UnixListener, scheduler: &Sender<SchedMsg>) {
         let mut refusals = RefusalLog::default();
         let mut accept_errors = RefusalLog::default();
+        let mut spawn_errors = RefusalLog::default();
         for stream in listener.incoming() {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -288,9 +296,15 @@ impl Server {
                 }
             };
 
-            // Over the cap: one ERROR and close.
-            let limit = self.max_connections;
-            if self.active.load(Ordering::SeqCst) >= limit {
+            // Over a cap: one ERROR and close.
+            let limit = if self.active.load(Ordering::SeqCst) >= self.max_connections {
+                Some(self.max_connections)
+            } else if self.open.load(Ordering::SeqCst) >= self.max_open {
+                Some(self.max_open)
+            } else {
+                None
+            };
+            if let Some(limit) = limit {
                 refusals.warn(&format_args!("{limit} connections open, refusing new ones"));
                 let err = AgentError::TooManyConnections { limit };
                 let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
@@ -299,16 +313,21 @@ impl Server {
             }
 
             let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
+            let open = OpenGuard::new(Arc::clone(self));
             let guard = ActiveGuard::new(Arc::clone(self));
             let scheduler = scheduler.clone();
             let spawned = thread::Builder::new()
                 .name("agent-conn".to_owned())
                 .spawn(move || {
+                    // Dropped in reverse: the stream is closed before it stops being counted.
                     let _guard = guard;
-                    serve_connection(&stream, conn, &scheduler);
+                    let stream = stream;
+                    serve_counted(&stream, conn, &scheduler, Some(open));
                 });
             if let Err(err) = spawned {
-                warn!("starting a connection thread failed: {err}");
+                // Out of threads (a pids limit): the client is closed without a reply and retries.
+                spawn_errors.warn(&format_args!("starting a connection thread failed: {err}"));
+                thread::sleep(ACCEPT_PAUSE);
             }
         }
         debug!("accept loop stopped");
@@ -331,8 +350,36 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Serves the one request of a connection.
+/// Counts an accepted socket as open until dropped; a `WAIT`'s goes with its [`Replier`].
+#[derive(Debug)]
+pub struct OpenGuard(Arc<Server>);
+
+impl OpenGuard {
+    fn new(server: Arc<Server>) -> Self {
+        server.open.fetch_add(1, Ordering::SeqCst);
+        Self(server)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves the one request of a connection that is not counted (the tests' connections).
+#[cfg(test)]
 fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedMsg>) {
+    serve_counted(stream, conn, scheduler, None);
+}
+
+/// Serves the one request of a connection; `open` counts its socket while it is open.
+fn serve_counted(
+    stream: &UnixStream,
+    conn: ConnId,
+    scheduler: &Sender<SchedMsg>,
+    open: Option<OpenGuard>,
+) {
     // 1. Read the version line and the request, both within one deadline.
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     if let Err(err) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
@@ -357,7 +404,7 @@ fn serve_connection(stream: &UnixStream, conn: ConnId, scheduler: &Sender<SchedM
         Request::Ping => {
             let _ = write_reply(stream, &Reply::Pong);
         }
-        Request::Wait(wait) => serve_wait(stream, conn, wait, scheduler),
+        Request::Wait(wait) => serve_wait(stream, conn, wait, scheduler, open),
         Request::Status => serve_status(stream, scheduler),
     }
 }
@@ -424,9 +471,18 @@ impl Read for DeadlineReader<'_> {
 /// thread then ends. From here on the scheduler thread writes the replies and notices a client
 /// that closes, so a grant wakes no thread between the scheduler and the client, and a waiting
 /// client costs no thread.
-fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &Sender<SchedMsg>) {
+fn serve_wait(
+    stream: &UnixStream,
+    conn: ConnId,
+    wait: WaitRequest,
+    scheduler: &Sender<SchedMsg>,
+    open: Option<OpenGuard>,
+) {
     let replier = match Replier::new(stream) {
-        Ok(replier) => replier,
+        Ok(replier) => Replier {
+            _open: open,
+            ..replier
+        },
         Err(err) => {
             debug!("conn={conn}: preparing the replies failed: {err}");
             return;
@@ -449,6 +505,8 @@ fn serve_wait(stream: &UnixStream, conn: ConnId, wait: WaitRequest, scheduler: &
 #[derive(Debug)]
 pub struct Replier {
     stream: UnixStream,
+    /// Counts the socket as open until it is closed (declared after the stream: dropped after).
+    _open: Option<OpenGuard>,
 }
 
 impl Replier {
@@ -456,7 +514,10 @@ impl Replier {
     pub fn new(stream: &UnixStream) -> io::Result<Self> {
         let stream = stream.try_clone()?;
         stream.set_nonblocking(true)?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream,
+            _open: None,
+        })
     }
 
     /// Writes `reply` (an error as its `ERROR` line). Returns whether the reply was final.
@@ -469,23 +530,19 @@ impl Replier {
         Ok(reply.is_final())
     }
 
-    /// Whether the client has closed its end. A client sends nothing after its request, so a
-    /// read that returns end-of-file means it closed; bytes it sends anyway are dropped. (The
-    /// plugin never shuts down only its writing half while it waits.)
-    pub fn client_closed(&mut self) -> bool {
-        let mut buf = [0_u8; 4096];
+    /// Whether the client is gone: it closed its end, or it sent something. A client sends
+    /// nothing after its request (the plugin never does), so a byte now is a broken or hostile
+    /// client, and reading on to find its close could take as long as it cares to send.
+    pub fn client_gone(&mut self) -> bool {
+        let mut buf = [0_u8; 64];
         let mut reader = &self.stream;
-        // Up to 64 KiB per check, so that a client that keeps sending cannot hold the
-        // scheduler thread; a close behind more than that is found at a later check.
-        for _ in 0..16 {
+        loop {
             match reader.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => {}
+                Ok(_) => return true,
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(err) => return err.kind() != ErrorKind::WouldBlock,
             }
         }
-        false
     }
 }
 
@@ -785,16 +842,19 @@ mod tests {
     }
 
     #[test]
-    fn replier_notices_a_closed_client() {
+    fn replier_notices_a_client_that_closed_or_spoke() {
         let (client, server) = UnixStream::pair().expect("pair");
         let mut replier = Replier::new(&server).expect("replier");
         drop(server);
-        assert!(!replier.client_closed());
-        // Stray bytes after the request are dropped; they are not a close.
-        (&client).write_all(b"stray").expect("write");
-        assert!(!replier.client_closed());
+        assert!(!replier.client_gone());
         drop(client);
-        assert!(replier.client_closed());
+        assert!(replier.client_gone());
+
+        // Bytes after the request: gone at once, however many more follow.
+        let (client, server) = UnixStream::pair().expect("pair");
+        let mut replier = Replier::new(&server).expect("replier");
+        (&client).write_all(b"stray").expect("write");
+        assert!(replier.client_gone());
     }
 
     #[test]
@@ -825,15 +885,6 @@ mod tests {
             "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_open_file_limit(unlimited), None);
         assert_eq!(parse_open_file_limit(""), None);
-    }
-
-    #[test]
-    fn a_close_behind_stray_bytes_is_found() {
-        let (client, server) = UnixStream::pair().expect("pair");
-        let mut replier = Replier::new(&server).expect("replier");
-        (&client).write_all(&[b'x'; 20_000]).expect("write");
-        drop(client);
-        assert!(replier.client_closed());
     }
 
     #[test]
@@ -908,7 +959,7 @@ mod tests {
         let dir = temp_dir("accept");
         let path = dir.join("s.sock");
         let (listener, file) = bind(&path).expect("binds");
-        let server = Server::new(MAX_CONNECTIONS);
+        let server = Server::new(Capacity::for_open_file_limit(None));
         let (tx, _rx) = mpsc::channel::<SchedMsg>();
         let acceptor = {
             let server = Arc::clone(&server);
@@ -924,6 +975,58 @@ mod tests {
         assert!(!path.exists());
         let _ = fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn waits_queued_for_a_slow_scheduler_count_against_the_caps() {
+        let dir = temp_dir("open-cap");
+        let path = dir.join("s.sock");
+        let (listener, file) = bind(&path).expect("binds");
+        let server = Server::new(Capacity {
+            connections: 2,
+            waiting: 1,
+        });
+        // A scheduler that never takes its messages: the WAITs stay in the channel.
+        let (tx, rx) = mpsc::channel::<SchedMsg>();
+        let acceptor = {
+            let server = Arc::clone(&server);
+            thread::spawn(move || server.accept_loop(&listener, &tx))
+        };
+        let mut waiting = Vec::new();
+        for name in ["a", "b", "c"] {
+            let mut client = start_wait(&path, name);
+            assert_eq!(next_line(&mut client), protocol::VERSION_LINE);
+            waiting.push(client);
+        }
+        // Their connection threads have ended, yet the three sockets are open: a fourth
+        // connection is refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.active() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.active(), 0);
+        let refused = converse(&path, b"pod-pacemaker/1\nPING\n");
+        assert!(
+            refused.last().is_some_and(|l| l.starts_with("ERROR code=busy")),
+            "{refused:?}"
+        );
+        // Once the queued WAITs are dropped (their sockets closed), connections are served again.
+        drop(rx);
+        drop(waiting);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = converse(&path, b"pod-pacemaker/1\nPING\n");
+            if answer.last().map(String::as_str) == Some("PONG") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still refused: {answer:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        server.stop(&path);
+        acceptor.join().expect("acceptor stops");
+        file.remove();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// Sends `input` on a new connection and reads every line until the agent closes.
     fn converse(path: &Path, input: &[u8]) -> Vec<String> {
         let client = UnixStream::connect(path).expect("connect");
@@ -967,7 +1070,7 @@ mod tests {
         let dir = temp_dir("mixed");
         let path = dir.join("s.sock");
         let (listener, file) = bind(&path).expect("binds");
-        let server = Server::new(MAX_CONNECTIONS);
+        let server = Server::new(Capacity::for_open_file_limit(None));
         let (tx, rx) = mpsc::channel::<SchedMsg>();
         let options = Options {
             lease: Duration::from_secs(300),

@@ -60,7 +60,7 @@ use crate::config::{Config, UnknownPodPolicy};
 use crate::error::AgentError;
 use crate::kube::KubeEvent;
 use crate::pod::{PodInfo, ReleaseOn, ReleaseReason, SkipOptions};
-use crate::server::Replier;
+use crate::server::{RefusalLog, Replier};
 use gates::Gates;
 use queue::{same_pod, Entry, Queue, Waiting};
 use state::{Restored, SavedEntry, SavedHolder, SavedState};
@@ -267,6 +267,8 @@ struct Clients {
     position_at: Instant,
     /// At most this many waiting clients ([`MAX_WAITING`]).
     max_waiting: usize,
+    /// Refusals at that cap, logged at most every 10 s.
+    refusals: RefusalLog,
 }
 
 /// The least time between two position updates, to any clients: a node's plugins are woken for
@@ -288,6 +290,7 @@ impl Clients {
             close_check: now + CLOSE_CHECK,
             position_at: now,
             max_waiting,
+            refusals: RefusalLog::default(),
         }
     }
 
@@ -309,9 +312,11 @@ impl Clients {
         scheduler.on_wait(conn, request, now);
         self.deliver(scheduler, now, false);
         if self.repliers.len() > self.max_waiting && self.repliers.contains_key(&conn) {
-            let busy = AgentError::TooManyConnections {
-                limit: self.max_waiting,
-            };
+            let limit = self.max_waiting;
+            self.refusals.warn(&format_args!(
+                "{limit} clients waiting, refusing more (busy)"
+            ));
+            let busy = AgentError::TooManyConnections { limit };
             self.write(scheduler, conn, &Err(busy), now, false);
             scheduler.on_gone(conn, now);
             self.deliver(scheduler, now, false);
@@ -329,10 +334,10 @@ impl Clients {
         let closed: Vec<ConnId> = self
             .repliers
             .iter_mut()
-            .filter_map(|(conn, replier)| replier.client_closed().then_some(*conn))
+            .filter_map(|(conn, replier)| replier.client_gone().then_some(*conn))
             .collect();
         for conn in closed {
-            debug!("conn={conn}: client closed while waiting");
+            debug!("conn={conn}: client closed (or sent bytes) while waiting");
             self.forget(conn);
             scheduler.on_gone(conn, now);
         }
@@ -736,7 +741,7 @@ impl Scheduler {
                     "retried"
                 };
                 entry.forget_at = None;
-                info!(
+                debug!(
                     "wait pod={namespace}/{name} uid={} resumes its position ({resumed}) from {} ms ago",
                     entry.uid.as_deref().unwrap_or("-"),
                     now.saturating_duration_since(entry.arrival).as_millis()

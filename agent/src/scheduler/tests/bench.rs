@@ -355,7 +355,7 @@ fn measure(placement: Placement) -> Figures {
     ready_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("synced");
-    let server = Server::new(server::MAX_CONNECTIONS);
+    let server = Server::new(server::Capacity::for_open_file_limit(None));
     let acceptor = {
         let server = Arc::clone(&server);
         let tx = tx.clone();
