@@ -1006,7 +1006,9 @@ mod tests {
         assert_eq!(server.active(), 0);
         let refused = converse(&path, b"pod-pacemaker/1\nPING\n");
         assert!(
-            refused.last().is_some_and(|l| l.starts_with("ERROR code=busy")),
+            refused
+                .last()
+                .is_some_and(|l| l.starts_with("ERROR code=busy")),
             "{refused:?}"
         );
         // Once the queued WAITs are dropped (their sockets closed), connections are served again.
