@@ -313,8 +313,8 @@ impl Server {
             }
 
             let conn = self.next_conn.fetch_add(1, Ordering::SeqCst);
-            let open = OpenGuard::new(Arc::clone(self));
-            let guard = ActiveGuard::new(Arc::clone(self));
+            let open = CountGuard::new(Arc::clone(self), |s| &s.open);
+            let guard = CountGuard::new(Arc::clone(self), |s| &s.active);
             let scheduler = scheduler.clone();
             let spawned = thread::Builder::new()
                 .name("agent-conn".to_owned())
@@ -334,36 +334,24 @@ impl Server {
     }
 }
 
-/// Counts a connection as active until dropped.
-struct ActiveGuard(Arc<Server>);
-
-impl ActiveGuard {
-    fn new(server: Arc<Server>) -> Self {
-        server.active.fetch_add(1, Ordering::SeqCst);
-        Self(server)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts an accepted socket as open until dropped; a `WAIT`'s goes with its [`Replier`].
+/// Counts one connection in one of the server's counters until dropped: `active` while its
+/// thread runs, `open` while its socket is open (a `WAIT`'s goes with its [`Replier`]).
 #[derive(Debug)]
-pub struct OpenGuard(Arc<Server>);
+pub struct CountGuard {
+    server: Arc<Server>,
+    count: fn(&Server) -> &AtomicUsize,
+}
 
-impl OpenGuard {
-    fn new(server: Arc<Server>) -> Self {
-        server.open.fetch_add(1, Ordering::SeqCst);
-        Self(server)
+impl CountGuard {
+    fn new(server: Arc<Server>, count: fn(&Server) -> &AtomicUsize) -> Self {
+        count(&server).fetch_add(1, Ordering::SeqCst);
+        Self { server, count }
     }
 }
 
-impl Drop for OpenGuard {
+impl Drop for CountGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        (self.count)(&self.server).fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -378,7 +366,7 @@ fn serve_counted(
     stream: &UnixStream,
     conn: ConnId,
     scheduler: &Sender<SchedMsg>,
-    open: Option<OpenGuard>,
+    open: Option<CountGuard>,
 ) {
     // 1. Read the version line and the request, both within one deadline.
     let deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -476,7 +464,7 @@ fn serve_wait(
     conn: ConnId,
     wait: WaitRequest,
     scheduler: &Sender<SchedMsg>,
-    open: Option<OpenGuard>,
+    open: Option<CountGuard>,
 ) {
     let replier = match Replier::new(stream) {
         Ok(replier) => Replier {
@@ -506,7 +494,7 @@ fn serve_wait(
 pub struct Replier {
     stream: UnixStream,
     /// Counts the socket as open until it is closed (declared after the stream: dropped after).
-    _open: Option<OpenGuard>,
+    _open: Option<CountGuard>,
 }
 
 impl Replier {
