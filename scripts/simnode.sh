@@ -363,6 +363,18 @@ simnode_down() {
     fi
   done <"${SIMNODE_DIR}/pids"
 
+  # Stragglers: a CNI driver whose job was killed before it recorded the driver's process group
+  # finishes its ADD later and writes its result cache into a state dir that is gone. Every such
+  # process names this node's random state dir on its command line; kill those by their pids.
+  local stray _
+  for _ in 1 2 3 4 5; do
+    stray="$(pgrep -f -- "${SIMNODE_DIR}/" | grep -vx -e "$$" -e "${BASHPID}" || true)"
+    [[ -z "${stray}" ]] && break
+    # shellcheck disable=SC2086 # one pid per word
+    kill -KILL ${stray} 2>/dev/null || true
+    sleep 0.1
+  done
+
   # Network namespaces, pods first and the node last, each by the name it was recorded under.
   # Deleting a pod netns removes its eth0 and the veth peer; deleting the node netns removes
   # the bridge.
