@@ -510,11 +510,15 @@ impl Replier {
 
     /// Writes `reply` (an error as its `ERROR` line). Returns whether the reply was final.
     pub fn send(&mut self, reply: &ConnReply) -> io::Result<bool> {
+        let error;
         let reply = match reply {
-            Ok(reply) => reply.clone(),
-            Err(err) => error_reply(err),
+            Ok(reply) => reply,
+            Err(err) => {
+                error = error_reply(err);
+                &error
+            }
         };
-        write_reply(&self.stream, &reply)?;
+        write_reply(&self.stream, reply)?;
         Ok(reply.is_final())
     }
 
